@@ -1,0 +1,4 @@
+from metro_assets.cli import main
+
+if __name__ == "__main__":
+    main()
