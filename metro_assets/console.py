@@ -9,6 +9,7 @@ plain lines; ``--quiet`` silences it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,8 @@ def _console(stderr: bool):
         return _err
     if _out is None:
         _out = Console(highlight=False, soft_wrap=True)
+        if not _out.is_terminal and "COLUMNS" not in os.environ:
+            _out.width = 160  # files and pipes: wide tables instead of 80-column wrapping
     return _out
 
 

@@ -446,6 +446,10 @@ def load_catalog(extra: Sequence[Path] = (), *, builtin: bool = True) -> Catalog
         parsed.append((f, a))
         for asset in a:
             merged[asset.id] = asset
+    for a in merged.values():
+        if a.group not in groups:
+            raise ManifestError(f"unknown group {a.group!r}", file=a.origin, line=None, key_path=f"assets -> {a.id} -> group",
+                                expected=f"one of {', '.join(sorted(groups))} (declare it under 'groups')", got=repr(a.group))
     # global path uniqueness
     seen: Dict[str, Asset] = {}
     for a in merged.values():
