@@ -162,7 +162,7 @@ def _compose(text: str, file: str) -> Optional[_Node]:
     import yaml
 
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -195,11 +195,16 @@ def _convert(node, file: str, path: str) -> _Node:
     return _Node(_scalar(node), line)
 
 
+_SCALAR_LOADER = None
+
+
 def _scalar(node) -> Any:
+    global _SCALAR_LOADER
     import yaml
 
-    loader = yaml.SafeLoader("")
-    return loader.construct_object(node, deep=True)
+    if _SCALAR_LOADER is None:
+        _SCALAR_LOADER = yaml.SafeLoader("")
+    return _SCALAR_LOADER.construct_object(node, deep=True)
 
 
 def _join(path: str, key: str) -> str:

@@ -59,6 +59,12 @@ def hf_resolve(url: str) -> str:
     if len(parts) < 3:
         raise SourceError(f"bad hf:// URL {url!r}", url=url, expected="hf://owner/repo/path[@revision]")
     repo, path = "/".join(parts[:2]), "/".join(parts[2:])
+    try:  # the Hub's own URL builder knows HF_ENDPOINT and its quoting rules
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(repo, path, revision=revision)
+    except ImportError:
+        pass
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     return f"{endpoint}/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +55,10 @@ class TestMirror:
         return hashlib.sha256(self.files[asset_id]).hexdigest()
 
 
-def make_test_mirror(base: Path, *, with_manual: bool = True) -> TestMirror:
+def make_test_mirror(base: Path, *, with_manual: bool = True, big_n: int = 300_000) -> TestMirror:
     """Write a mirror folder + manifest (group ``tst``).  ``ckpt`` and ``zip`` have no sha256
     in the manifest (trust on first use); ``npy`` and ``yaml`` are pinned."""
-    files = {"t-ckpt": _torch_legacy_bytes(), "t-big": _torch_zip_bytes(), "t-npy": _npy_bytes(),
+    files = {"t-ckpt": _torch_legacy_bytes(), "t-big": _torch_zip_bytes(big_n), "t-npy": _npy_bytes(),
              "t-yaml": YAML_BYTES, "t-zip": _zip_bytes()}
     paths = {"t-ckpt": "models/metro_release/t_ckpt.bin", "t-big": "models/hrnet/t_big.pth",
              "t-npy": "metro/modeling/data/t_reg.npy", "t-yaml": "models/hrnet/t_cfg.yaml",
@@ -69,6 +70,7 @@ def make_test_mirror(base: Path, *, with_manual: bool = True) -> TestMirror:
         p = mirror / paths[aid]
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
+        os.chmod(p, 0o644)
     lines = ["version: 1", "groups:", "  tst: {description: test assets}", "assets:"]
     for aid, data in files.items():
         sha = hashlib.sha256(data).hexdigest() if aid in pinned else "null"
