@@ -20,7 +20,7 @@ ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Structural check names (see checks.py).  ``dataset`` assets are tar archives
 # that unpack into a directory (see datasets work).
 KINDS = ("torch-checkpoint", "torch-weights", "npy", "npz", "zip", "yaml", "body-model", "tar", "dataset", "binary")
-SOURCE_KINDS = ("https", "http", "file", "onedrive", "hf", "s3", "manual")
+SOURCE_KINDS = ("https", "http", "file", "onedrive", "hf", "manual")
 LICENSES_MANUAL = ("SMPL", "MANO")
 
 
@@ -307,9 +307,9 @@ def _kind_of_url(ctx: _Ctx, node: Optional[_Node], kp: str, url: str) -> str:
         if "1drv.ms" in url or "onedrive.live.com" in url or "sharepoint.com" in url:
             return "onedrive"
         return scheme
-    if scheme in ("file", "hf", "s3"):
+    if scheme in ("file", "hf"):
         return scheme
-    ctx.fail(node, kp, f"unsupported URL {url!r}", "an http(s)://, file://, hf:// or s3:// URL", url)
+    ctx.fail(node, kp, f"unsupported URL {url!r}", "an http(s)://, file:// or hf:// URL", url)
     return ""
 
 

@@ -69,16 +69,6 @@ def hf_resolve(url: str) -> str:
     return f"{endpoint}/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
 
 
-def s3_https(url: str) -> str:
-    """``s3://bucket/key`` -> a virtual-hosted HTTPS URL (public buckets), or
-    ``$METRO_ASSETS_S3_ENDPOINT/bucket/key`` (path style, e.g. a local MinIO)."""
-    p = urlparse(url)
-    endpoint = os.environ.get("METRO_ASSETS_S3_ENDPOINT")
-    if endpoint:
-        return f"{endpoint.rstrip('/')}/{p.netloc}/{p.path.lstrip('/')}"
-    return f"https://{p.netloc}.s3.amazonaws.com/{p.path.lstrip('/')}"
-
-
 def _from_source(src: Source) -> Candidate:
     if src.manual:
         return Candidate(url="", kind="manual", label="manifest", declared=src.describe())
@@ -88,8 +78,6 @@ def _from_source(src: Source) -> Candidate:
         url = onedrive_direct(url)
     elif src.kind == "hf":
         url = hf_resolve(url)
-    elif src.kind == "s3":
-        url = s3_https(url)
     kind = "file" if url.startswith("file://") else "http"
     return Candidate(url=url, kind=kind, label="manifest", declared=declared if declared != url else "",
                      dead_since=src.dead_since, reason=src.reason)
