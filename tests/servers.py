@@ -141,7 +141,7 @@ http {{
         listen {HOST}:{self.port};
         server_name localhost;
         location / {{ root {root}; }}
-        location /throttled/ {{ alias {root}/; limit_rate {self.throttle}; }}
+        location /throttled/ {{ alias {root}/; limit_rate {self.throttle}; sendfile_max_chunk 128k; }}
         location /norange/ {{ alias {root}/; max_ranges 0; }}
     }}
 }}
