@@ -281,9 +281,10 @@ class Py2Object:
 class _Py2Writer:
     """Emits protocol-2 opcodes the way Python 2's cPickle wrote body models."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, *, legacy_sparse: bool = False) -> None:
         self.f = f
         self.memo: Dict[Any, int] = {}
+        self.legacy_sparse = legacy_sparse
 
     # -- low level
     def w(self, b: bytes) -> None:
@@ -441,7 +442,9 @@ class _Py2Writer:
         fmt = m.format
         if fmt not in ("csc", "csr"):
             m, fmt = m.tocsc(), "csc"
-        self.glob(f"scipy.sparse.{fmt}", f"{fmt}_matrix")
+        # scipy.sparse.csc (the official files' path) is deprecated and goes away in
+        # SciPy 2.0; scipy.sparse.csc_matrix resolves in every scipy, old and new.
+        self.glob(f"scipy.sparse.{fmt}" if self.legacy_sparse else "scipy.sparse", f"{fmt}_matrix")
         self.w(b")\x81}")
         self.save_dict({"format": fmt, "_shape": tuple(int(s) for s in m.shape), "indptr": np.asarray(m.indptr),
                         "indices": np.asarray(m.indices), "maxprint": 50, "data": np.asarray(m.data)})
@@ -456,12 +459,17 @@ def _is_sparse(obj: Any) -> bool:
     return sp.issparse(obj)
 
 
-def dump_py2(obj: Any, f: BinaryIO) -> None:
-    """Write ``obj`` as a Python-2-style protocol-2 pickle (see module docstring)."""
-    _Py2Writer(f).dump(obj)
+def dump_py2(obj: Any, f: BinaryIO, *, legacy_sparse: bool = False) -> None:
+    """Write ``obj`` as a Python-2-style protocol-2 pickle (see module docstring).
+
+    ``legacy_sparse=True`` names sparse matrices ``scipy.sparse.csc.csc_matrix``
+    exactly like the official files (for fixtures); the default
+    ``scipy.sparse.csc_matrix`` loads everywhere without deprecation warnings.
+    """
+    _Py2Writer(f, legacy_sparse=legacy_sparse).dump(obj)
 
 
-def dumps_py2(obj: Any) -> bytes:
+def dumps_py2(obj: Any, *, legacy_sparse: bool = False) -> bytes:
     buf = io.BytesIO()
-    dump_py2(obj, buf)
+    dump_py2(obj, buf, legacy_sparse=legacy_sparse)
     return buf.getvalue()

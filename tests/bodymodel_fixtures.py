@@ -176,14 +176,14 @@ def smpl_bytes(gender: str = "neutral", *, chumpy: bool = True, **kw: Any) -> by
     model = smpl_model(gender, **kw)
     if chumpy:
         model["shapedirs"] = _ch(model["shapedirs"])
-    return dumps_py2(model)
+    return dumps_py2(model, legacy_sparse=True)
 
 
 def mano_bytes(side: str = "right", *, chumpy: bool = True, **kw: Any) -> bytes:
     model = mano_model(side, **kw)
     if chumpy:
         model["shapedirs"] = _mano_select(model["shapedirs"])
-    return dumps_py2(model)
+    return dumps_py2(model, legacy_sparse=True)
 
 
 def write_smpl_pickle(path: Path, *, chumpy: bool = True, gender: str = "neutral", **kw: Any) -> Path:
