@@ -25,7 +25,7 @@ from metro_assets.errors import EXIT_FAILED, EXIT_OK
     + EXIT_CODES_HELP))
 @guarded
 def import_cmd(
-    paths: Annotated[List[Path], typer.Argument(metavar="PATH...", help="Archives, .pkl files or directories.", show_default=False)],
+    paths: Annotated[List[Path], typer.Argument(metavar="PATH", help="Archives, .pkl files or directories.", show_default=False)],
     root: RootOpt = None,
     manifest: ManifestOpt = None,
     clean: Annotated[bool, typer.Option("--clean", help="Place chumpy-free copies (keep the official bytes in the store).")] = False,
