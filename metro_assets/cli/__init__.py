@@ -41,6 +41,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 # Command modules register themselves on import (order = order in --help).
 from metro_assets.cli import assets as _assets  # noqa: E402,F401  fetch, verify, list
 from metro_assets.cli import importing as _importing  # noqa: E402,F401  import, export
+from metro_assets.cli import run_check as _run_check  # noqa: E402,F401  run-check
 from metro_assets.cli import doctor as _doctor  # noqa: E402,F401  doctor
 
 def main() -> None:
