@@ -276,3 +276,12 @@ def clean_bytes(model: Mapping[str, Any]) -> bytes:
     """A chumpy-free copy of a loaded model (same keys and order; plain numpy/scipy)."""
     return dumps_py2(dict(model))
 
+
+
+def deep_check(path, check: str) -> "BodyModelInfo":
+    """The ``verify --deep`` hook (checks.DEEP_CHECKS): ``check`` is ``smpl`` or ``mano``."""
+    info = inspect_file(path)
+    if info.kind != check:
+        raise StructuralError(f"{path} is not a {check.upper()} model", expected=check.upper(), got=info.describe(),
+                              next_command="metro-assets import <the official archive>")
+    return info

@@ -258,7 +258,7 @@ def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progres
     outcomes: Dict[str, Outcome] = {}
     for it in p.items:
         if it.action not in ("download", "resume"):
-            outcomes[it.asset.id] = _static_outcome(it)
+            outcomes[it.asset.id] = _static_outcome(it, settings.root)
     if work:
         with ThreadPoolExecutor(max_workers=min(settings.jobs, len(work)), thread_name_prefix="metro-fetch") as ex:
             for it, oc in zip(work, ex.map(run, work)):
@@ -276,29 +276,23 @@ def _log_line(o: Outcome) -> str:
     return f"{o.action:<11} {o.id} <- {o.source}{extra}"
 
 
-def _static_outcome(it: PlanItem) -> Outcome:
+def _static_outcome(it: PlanItem, root: Optional[Path] = None) -> Outcome:
     a = it.asset
     if it.action == "present":
         st = it.status
         return Outcome(a.id, a.path, "present", st.status if st else "ok", size=st.got_size if st else None,
                        sha256=(st.got_sha256 or st.sha256) if st else None, message=it.reason, optional=a.optional, manual=a.manual)
     if it.action == "manual":
-        return Outcome(a.id, a.path, "manual", "action-required", message=manual_message(a), next_command=it.reason,
+        return Outcome(a.id, a.path, "manual", "action-required", message=manual_message(a, root), next_command=it.reason,
                        optional=a.optional, manual=True)
     return Outcome(a.id, a.path, "blocked", "failed", message=it.reason,
                    next_command=f"metro-assets fetch {a.id} --mirror BASE", optional=a.optional)
 
 
-def manual_message(asset: Asset) -> str:
-    src = next((s for s in asset.sources if s.manual), None)
-    if src is None:
-        return "manual step required"
-    msg = (f"{asset.id} is license-gated ({asset.license}). Register and accept the license at {src.site} "
-           f"({asset.license_url or 'see the site'}), download {src.archive}, then run: "
-           f"metro-assets import ~/Downloads/{src.archive}   (it takes {src.member} and places it at {asset.path})")
-    if src.note:
-        msg += f". Note: {src.note}"
-    return msg
+def manual_message(asset: Asset, root: Optional[Path] = None) -> str:
+    from metro_assets.importer import manual_instructions
+
+    return manual_instructions(asset, root)
 
 
 def _failed(item: PlanItem, message: str, next_command: str, attempts=()) -> Outcome:

@@ -61,8 +61,9 @@ def test_sigkill_mid_download_then_resume(served, tmp_path):
     proc.wait()
     assert not dest.exists(), "an unfinished download reached the final path"
     assert part.exists()
-    # re-run (unthrottled): it must resume, complete and hash right
-    r = run_cli("fetch", "t-big", "--root", root, "--manifest", tm.manifest, "--mirror", srv.url, "--json")
+    # re-run from the same source (now with 4 connections): it must resume, complete and hash right
+    r = run_cli("fetch", "t-big", "--root", root, "--manifest", tm.manifest, "--mirror", srv.throttled_url,
+                "--connections", "4", "--json")
     assert r.returncode == 0, r.stderr + r.stdout
     o = json.loads(r.stdout)["assets"][0]
     assert o["action"] == "resumed", o
