@@ -312,6 +312,12 @@ class Extractor:
         self.zero_blocks = 0
         self.journal = open(staging.journal, "ab")
         self.closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metro-fsync")
+        # the archive hash runs on its own thread (hashlib drops the GIL), in order
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metro-tarhash")
+        self.hash_queue: List = []
+        self.file_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metro-filehash")
+        self.file_queue: List = []
+        self.unhashed: List = []     # (member, future of its hexdigest)
         self.pending_close: List = []
         self.last_cp = time.monotonic()
         self.snapshot = (h.copy(), Checkpoint.from_json(cp.to_json()))
@@ -337,9 +343,12 @@ class Extractor:
                 k = min(self.need, n - i)
                 piece = mv[i:i + k]
                 self._write(piece)
-                self.cur_hash.update(piece)
+                fq = self.file_queue
+                fq.append(self.file_hasher.submit(self.cur_hash.update, piece))
+                while len(fq) > 8 or (fq and fq[0].done()):
+                    fq.pop(0).result()
                 if self.cur_lines is not None:
-                    self.cur_lines.feed(piece)
+                    self.cur_lines.feed(data, i, i + k)
                 self.need -= k
                 i += k
                 if self.need == 0:
@@ -368,14 +377,28 @@ class Extractor:
                 self._to_header()
             if self.phase == _HEADER and not self.hdr and not self.pax and self.longname is None \
                     and self.zero_blocks == 0 and time.monotonic() - self.last_cp >= CHECKPOINT_SECONDS:
-                self.h.update(mv[hashed:i])
+                self._hash(mv[hashed:i])
                 hashed = i
                 self.checkpoint(self.offset + i)
-        self.h.update(mv[hashed:])
+        self._hash(mv[hashed:])
         self.offset += n
+
+    def _hash(self, piece) -> None:
+        q = self.hash_queue
+        q.append(self.hasher.submit(self.h.update, piece))
+        while len(q) > 8 or (q and q[0].done()):
+            q.pop(0).result()
+
+    def _drain_hash(self) -> None:
+        while self.hash_queue:
+            self.hash_queue.pop(0).result()
+        for m, fut in self.unhashed:
+            m.sha256 = fut.result()
+        self.unhashed.clear()
 
     def checkpoint(self, offset: int, *, durable: bool = False) -> None:
         """Save the state at a member boundary (``offset`` = absolute archive offset)."""
+        self._drain_hash()
         self.journal.flush()
         self.cp.offset = offset
         self.cp.prefix_sha256 = self.h.copy().hexdigest()
@@ -391,6 +414,10 @@ class Extractor:
         if self.cur_fd is not None:
             os.close(self.cur_fd)
             self.cur_fd = None
+        self.hasher.shutdown(wait=True)
+        self.file_hasher.shutdown(wait=True)
+        self.hash_queue.clear()
+        self.unhashed.clear()
         for fut in self.pending_close:
             fut.result()
         self.pending_close.clear()
@@ -398,7 +425,8 @@ class Extractor:
         self.journal.close()
 
     def sync(self) -> None:
-        """Wait until every completed file is fsynced and closed."""
+        """Wait until the archive hash is current and every completed file is fsynced and closed."""
+        self._drain_hash()
         for fut in self.pending_close:
             fut.result()
         self.pending_close.clear()
@@ -519,7 +547,9 @@ class Extractor:
             for f in done:
                 f.result()
                 self.pending_close.remove(f)
-        self.cp.members.append(Member(self.cur_rel, self.cur_size, self.cur_hash.hexdigest(), self.meta_since))
+        m = Member(self.cur_rel, self.cur_size, "", self.meta_since)
+        self.cp.members.append(m)
+        self.unhashed.append((m, self.file_hasher.submit(self.cur_hash.hexdigest)))
         self.meta_since = 0
         if self.cur_lines is not None:
             ls = self.cur_lines

@@ -38,29 +38,34 @@ class LineStarts:
         self.pos = 0
         self.at_line_start = True
 
-    def feed(self, data) -> None:
-        n = len(data)
-        if not n:
+    def feed(self, data, start: int = 0, end: Optional[int] = None) -> None:
+        """Feed ``data[start:end]`` (bytes; no copy is made)."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        end = len(data) if end is None else end
+        n = end - start
+        if n <= 0:
             return
-        base = self.pos
+        base = self.pos - start          # absolute offset of data[0]
         if self.at_line_start:
-            self.starts.append(base)
-        raw = data if isinstance(data, bytes) else bytes(data)
-        count = raw.count(b"\n")
-        if count > 512:
-            import numpy as np
+            self.starts.append(self.pos)
+        starts = self.starts
+        find = data.find
+        i = find(b"\n", start, end)
+        hits = 0
+        while i != -1 and i + 1 < end:
+            starts.append(base + i + 1)
+            hits += 1
+            if hits > 256:  # short rows (hw, linelist): vectorise the rest of the piece
+                import numpy as np
 
-            nl = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 10)
-            nxt = nl[nl < n - 1] + (base + 1)
-            self.starts.extend(nxt.astype("<i8").tolist())
-        elif count:
-            i = raw.find(b"\n")
-            while i != -1:
-                if i + 1 < n:
-                    self.starts.append(base + i + 1)
-                i = raw.find(b"\n", i + 1)
-        self.at_line_start = raw[-1:] == b"\n"
-        self.pos = base + n
+                arr = np.frombuffer(data, dtype=np.uint8, count=end - (i + 1), offset=i + 1)
+                nl = np.flatnonzero(arr == 10) + (i + 1)
+                starts.extend((nl[nl + 1 < end] + 1 + base).tolist())
+                break
+            i = find(b"\n", i + 1, end)
+        self.at_line_start = data[end - 1] == 10
+        self.pos += n
 
     @property
     def ends_with_newline(self) -> bool:
