@@ -104,6 +104,11 @@ def human_bytes(n: Optional[int]) -> str:
     return f"{n} B"
 
 
+def _fmt_eta(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 @dataclass
 class _Item:
     name: str
@@ -150,6 +155,19 @@ class Progress:
         if it is not None:
             it.done += n
 
+    def set_name(self, key: str, name: str) -> None:
+        """Rename an item (e.g. the member being extracted right now)."""
+        it = self.items.get(key)
+        if it is not None:
+            it.name = name
+
+    def eta(self) -> Optional[float]:
+        done, total = self._totals()
+        el = time.monotonic() - self._t0
+        if not total or done <= 0 or done >= total or el <= 0:
+            return None
+        return (total - done) / (done / el)
+
     def finish(self, key: str) -> None:
         it = self.items.get(key)
         if it is not None:
@@ -180,6 +198,9 @@ class Progress:
         active = [i.name for i in self.items.values() if not i.finished]
         pct = f"{100.0 * done / total:5.1f}%" if total else "  ?  "
         msg = f"progress {pct} {human_bytes(done)}/{human_bytes(total)} at {human_bytes(int(done / el))}/s"
+        eta = self.eta()
+        if eta is not None:
+            msg += f", ETA {_fmt_eta(eta)}"
         if active:
             msg += f"; active: {', '.join(active[:4])}" + (" ..." if len(active) > 4 else "")
         err(msg)
@@ -205,7 +226,8 @@ class Progress:
                 g.add_row(Text(it.name[:48]), Text(bar, style="cyan"), Text(f"{human_bytes(it.done)}/{human_bytes(it.total)}"))
             frac = done / total if total else 0.0
             g.add_row(Text("total", style="bold"), Text("━" * int(24 * frac) + " " * (24 - int(24 * frac)), style="green"),
-                      Text(f"{human_bytes(done)}/{human_bytes(total)}  {human_bytes(int(done / el))}/s"))
+                      Text(f"{human_bytes(done)}/{human_bytes(total)}  {human_bytes(int(done / el))}/s"
+                           + (f"  ETA {_fmt_eta(self.eta())}" if self.eta() is not None else "")))
             return g
 
         with Live(render(), console=_console(True), refresh_per_second=5, transient=True) as live:
