@@ -122,7 +122,40 @@ class FetchResult:
 
 # ----------------------------------------------------------------------------- plan
 
-def plan(assets: Sequence[Asset], store: Store, settings: Settings, *, explicit: Sequence[str] = ()) -> Plan:
+def plan(assets: Sequence[Asset], store: Store, settings: Settings, *, explicit: Sequence[str] = (),
+         probe: bool = False) -> Plan:
+    """Decide per asset what fetch would do.  Changes nothing on disk.
+
+    ``probe=True`` asks the first usable source for the size of assets whose
+    size is unknown (HEAD, or stat for file://), for the disk-space preflight.
+    """
+    p = _plan(assets, store, settings, explicit=explicit)
+    if not probe:
+        return p
+    unknown = [i for i, it in enumerate(p.items) if it.action in ("download", "resume") and it.bytes is None and it.source]
+    if not unknown:
+        return p
+    from metro_assets.sources import probe_size
+
+    with ThreadPoolExecutor(max_workers=min(8, len(unknown))) as ex:
+        sizes = list(ex.map(lambda i: probe_size(p.items[i].source), unknown))
+    items = list(p.items)
+    for i, size in zip(unknown, sizes):
+        if size is None:
+            continue
+        it = items[i]
+        if it.asset.kind == "dataset":
+            from metro_assets import datasets
+
+            need = datasets.dataset_disk_needed(it.asset, store, size=size)
+            size = need if need is not None else size
+        elif it.action == "resume":
+            size = max(size - it.resume_from, 0)
+        items[i] = PlanItem(it.asset, it.action, it.candidates, size, it.resume_from, it.reason, it.status)
+    return Plan(tuple(items), p.free_bytes, p.explicit)
+
+
+def _plan(assets: Sequence[Asset], store: Store, settings: Settings, *, explicit: Sequence[str] = ()) -> Plan:
     stamps = store.load_stamps()
     entries = store.lock_entries()
     items: List[PlanItem] = []
@@ -231,7 +264,7 @@ def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progres
     store = Store(settings.root)
     assets = catalog.select(names)
     explicit = tuple(n for n in names if n in catalog.by_id())
-    p = plan(assets, store, settings, explicit=explicit)
+    p = plan(assets, store, settings, explicit=explicit, probe=True)
     check_disk(p, force=force)
     settings.root.mkdir(parents=True, exist_ok=True)
     counter = _Counter()

@@ -103,6 +103,23 @@ def candidates(asset: Asset, settings: Settings) -> List[Candidate]:
     return out
 
 
+def probe_size(c: Candidate, *, timeout: float = 5.0) -> Optional[int]:
+    """The size a source would deliver (HEAD / stat), or None.  Never raises."""
+    try:
+        if c.kind == "file":
+            return file_path(c.url).stat().st_size
+        if c.kind != "http":
+            return None
+        import requests
+
+        r = requests.head(c.url, allow_redirects=True, timeout=timeout)
+        if r.status_code == 200 and r.headers.get("Content-Length", "").isdigit():
+            return int(r.headers["Content-Length"])
+    except Exception:
+        return None
+    return None
+
+
 def file_path(url: str) -> Path:
     return Path(unquote(urlparse(url).path))
 

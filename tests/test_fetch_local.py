@@ -121,7 +121,8 @@ def test_dry_run_plans_without_side_effects(tm, tmp_path):
     r = cli("fetch", "tst", "--root", root, "--manifest", tm.manifest, "--mirror", tm.dir, "--dry-run", "--json")
     plan = json.loads(r.stdout)
     assert {a["id"]: a["action"] for a in plan["assets"]}["t-ckpt"] == "download"
-    assert plan["bytes_needed"] >= len(tm.files["t-npy"]) and plan["unknown_sizes"] >= 1
+    # sizes not in the manifest are probed from the source (stat for file://, HEAD for http)
+    assert plan["bytes_needed"] == sum(len(d) for d in tm.files.values()) and plan["unknown_sizes"] == 0
     assert not root.exists()
 
 
@@ -156,3 +157,17 @@ def test_env_root_and_mirror(tm, tmp_path):
             env={"METRO_ASSETS_ROOT": str(root), "METRO_ASSETS_MIRROR": str(tm.dir)})
     assert r.exit_code == 0, r.output
     assert (root / tm.paths["t-yaml"]).read_bytes() == tm.files["t-yaml"]
+
+
+def test_disk_space_preflight_refuses_unless_forced(tm, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**6, 10**6 - 100, 100))
+    root = tmp_path / "root"
+    r = cli("fetch", "tst", "--root", root, "--manifest", tm.manifest, "--mirror", tm.dir)
+    assert r.exit_code == 1 and "Not enough free disk space" in r.output and "--force" in r.output
+    assert not any(root.rglob("*.bin")) if root.exists() else True
+    r = cli("fetch", "t-yaml", "--root", root, "--manifest", tm.manifest, "--mirror", tm.dir, "--force")
+    assert r.exit_code == 0

@@ -56,7 +56,7 @@ def fetch_cmd(
     if dry_run:
         assets = catalog.select(names)
         explicit = [n for n in names if n in catalog.by_id()]
-        p = fetchmod.plan(assets, Store(settings.root), settings, explicit=explicit)
+        p = fetchmod.plan(assets, Store(settings.root), settings, explicit=explicit, probe=True)
         if json_out:
             console.print_json({"dry_run": True, "root": str(settings.root), **p.to_json()})
         else:
