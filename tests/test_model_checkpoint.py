@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from metro_assets.errors import LoadError  # noqa: E402
-from metro_assets.model.checkpoint import load_checkpoint, read_state_dict, sniff_format  # noqa: E402
+from metro_assets.model.checkpoint import is_unused, load_checkpoint, read_state_dict, sniff_format  # noqa: E402
 from metro_assets.model.deepcheck import check_checkpoint  # noqa: E402
 from metro_assets.model.metro import build_model  # noqa: E402
 from metro_assets.model.synthetic import random_state_dict, write_release_checkpoint  # noqa: E402
@@ -37,7 +37,19 @@ def test_tiny_checkpoint_loads_strictly_in_both_serializations(tmp_path, tiny_bo
     assert not loaded.model.training
     sd = loaded.model.state_dict()
     for k, v in tiny_body.items():   # loaded values are exactly the saved ones
-        assert torch.equal(sd[k], v), k
+        if legacy and is_unused(k):  # ... except dead weights of legacy files, left unread on CPU
+            assert k in r.unread and not sd[k].any()
+        else:
+            assert torch.equal(sd[k], v), k
+    assert len(r.unread) == (23 if legacy else 0)   # the spec's 23 never-used keys
+
+
+def test_legacy_full_read_when_asked(tmp_path, tiny_body):
+    path = _save(tiny_body, tmp_path / "l.bin", legacy=True)
+    sd, fmt = read_state_dict(path, lean=True)
+    assert fmt == "legacy" and all(torch.equal(sd[k], v) for k, v in tiny_body.items())
+    sd, _ = read_state_dict(path)                     # plain torch.load path
+    assert all(torch.equal(sd[k], v) for k, v in tiny_body.items())
 
 
 def test_assign_load_makes_no_copy(tmp_path, tiny_body):

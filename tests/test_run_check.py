@@ -227,3 +227,22 @@ def test_cli_import_and_help_never_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_full_size_body_check_peak_rss(tmp_path, bodymodel_dir):
+    """A released-architecture body check (legacy file, random weights) stays within 1.3x the file size."""
+    root = tmp_path / "root"
+    data = root / "metro" / "modeling" / "data"
+    shutil.copytree(DATA, data)
+    for f in bodymodel_dir.iterdir():
+        shutil.copy(f, data)
+    path = write_release_checkpoint(root / REL / "metro_h36m_state_dict.bin", "body", "w64", legacy=True)
+    code = ("import sys, json\nfrom metro_assets.runcheck import run_check\n"
+            f"r = run_check('body', root={str(root)!r}, device='cpu', checkpoint={str(path)!r})\n"
+            "print(json.dumps(r.to_json()))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert p.returncode == 0, p.stderr
+    check = json.loads(p.stdout)["checks"][0]
+    assert check["ok"] and check["arch"] == "w64" and check["keys_loaded"] == 2202
+    assert check["peak_rss_bytes"] <= 1.3 * path.stat().st_size, check["peak_rss_bytes"] / path.stat().st_size

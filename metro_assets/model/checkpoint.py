@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import pickletools
 import re
 import struct
@@ -21,7 +22,7 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -60,6 +61,7 @@ class LoadReport:
     mismatched: Tuple[KeyMismatch, ...] = ()
     stripped_prefix: Optional[str] = None
     seconds: float = 0.0
+    unread: Tuple[str, ...] = ()       # dead weights left unread (zeros) to save memory; see is_unused
 
     @property
     def ok(self) -> bool:
@@ -80,7 +82,8 @@ class LoadReport:
                 "variant": self.variant, "ok": self.ok, "keys": self.num_keys, "expected_keys": self.num_expected,
                 "tensor_bytes": self.tensor_bytes, "missing": list(self.missing), "unexpected": list(self.unexpected),
                 "mismatched": [[m.key, m.expected, m.got] for m in self.mismatched],
-                "stripped_prefix": self.stripped_prefix, "load_seconds": round(self.seconds, 3)}
+                "stripped_prefix": self.stripped_prefix, "load_seconds": round(self.seconds, 3),
+                "unread": len(self.unread)}
 
 
 # --------------------------------------------------------------------------- expected key/shape lists
@@ -114,6 +117,12 @@ def signature_digest(sig: Iterable[Tuple[str, Shape, torch.dtype]]) -> str:
 
 
 # --------------------------------------------------------------------------- reading
+
+def is_unused(key: str) -> bool:
+    """Weights every checkpoint carries but the forward pass never reads (spec section 6, 11.2)."""
+    return key.startswith("backbone.classifier.") or (
+        key.startswith("trans_encoder.") and (".bert.embeddings." in key or ".bert.pooler." in key))
+
 
 def sniff_format(path: Path) -> str:
     """"zip" | "legacy", or a LoadError that says what the file is instead."""
@@ -199,14 +208,28 @@ def _refusal(path: Path, fmt: str, exc: Exception) -> LoadError:
                      globals=names)
 
 
-def read_state_dict(path: Union[str, Path], *, map_location: Union[str, torch.device] = "cpu") -> Tuple[Dict[str, torch.Tensor], str]:
-    """Load a checkpoint's tensors safely.  Returns (state dict, "zip" | "legacy")."""
-    import pickle
+def read_state_dict(path: Union[str, Path], *, map_location: Union[str, torch.device] = "cpu", lean: bool = False,
+                    skip: Callable[[str], bool] = lambda key: False) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Load a checkpoint's tensors safely.  Returns (state dict, "zip" | "legacy").
 
+    Zip files are memory-mapped.  Legacy files are read tensor by tensor into
+    their storages (``lean``), and tensors whose key satisfies ``skip`` are left
+    unread: allocated but never touched, so they cost no resident memory.
+    """
     path = Path(path)
     fmt = sniff_format(path)
     meta = str(map_location) == "meta"
     try:
+        if fmt == "legacy" and (meta or lean):
+            # the same safe torch.load, but storages are only allocated (untouched pages, no RSS);
+            # the data is then read in place by _fill_legacy (meta: not at all)
+            with torch.serialization.skip_data():
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            sd = _unwrap(obj, path)
+            if meta:
+                return {k: torch.empty_like(v, device="meta") for k, v in sd.items()}, fmt
+            _fill_legacy(path, sd, skip=skip)
+            return sd, fmt
         obj = torch.load(path, map_location=map_location, weights_only=True, mmap=(fmt == "zip" and not meta))
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc) or "GLOBAL" in str(exc):
@@ -215,6 +238,98 @@ def read_state_dict(path: Union[str, Path], *, map_location: Union[str, torch.de
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, struct.error) as exc:
         raise _corrupt(path, fmt, exc) from None
     return _unwrap(obj, path), fmt
+
+
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+                   "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                   "BoolStorage": torch.bool}
+
+
+class _LayoutUnpickler(pickle.Unpickler):
+    """Reads a legacy checkpoint's structure only: every global becomes an inert marker.
+
+    Runs after torch.load(weights_only=True) has accepted the same file, and
+    executes nothing either way (only OrderedDict is a real class here).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda *args: ("tensor", args)
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return ("storage-type", name)
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        return pid
+
+
+def _legacy_layout(f) -> Tuple[Dict[str, Tuple[str, int]], Dict[str, Tuple[int, int]]]:
+    """(root storage key and byte offset of each tensor, file offset and nbytes of each storage)."""
+    for _ in range(3):  # magic number, protocol version, sys info
+        pickle.load(f)
+    result = _LayoutUnpickler(f).load()
+    storage_keys = pickle.load(f)
+    if isinstance(result, Mapping) and "state_dict" in result and isinstance(result["state_dict"], Mapping):
+        result = result["state_dict"]
+    tensors: Dict[str, Tuple[str, int]] = {}
+    elsize: Dict[str, int] = {}
+    for key, value in result.items():
+        if not (isinstance(value, tuple) and value and value[0] == "tensor"):
+            raise ValueError(f"{key} is not a tensor")
+        pid = value[1][0]
+        _, stype, root, _location, _numel, view = pid
+        if view is not None:
+            raise ValueError("storage views are not supported")
+        size = torch.empty((), dtype=_STORAGE_DTYPES[stype[1]]).element_size()
+        elsize[root] = size
+        tensors[key] = (root, int(value[1][1]) * size)
+    storages: Dict[str, Tuple[int, int]] = {}
+    pos = f.tell()
+    end = f.seek(0, 2)
+    for root in storage_keys:
+        f.seek(pos)
+        header = f.read(8)
+        if len(header) < 8:
+            raise EOFError("file ends inside the storage table")
+        numel = struct.unpack("<q", header)[0]
+        nbytes = numel * elsize.get(root, 1)
+        storages[root] = (pos + 8, nbytes)
+        pos += 8 + nbytes
+        if pos > end:
+            raise EOFError(f"storage {root} runs past the end of the file ({pos} > {end} bytes)")
+    return tensors, storages
+
+
+def _fill_legacy(path: Path, sd: Dict[str, torch.Tensor], *, skip: Callable[[str], bool]) -> None:
+    """Read each needed storage straight into the memory torch allocated for it (one copy, no more)."""
+    try:
+        with open(path, "rb") as f:
+            tensors, storages = _legacy_layout(f)
+            done = set()
+            for key, t in list(sd.items()):
+                if skip(key):
+                    # never read: zeros of the right shape and dtype, one element of memory
+                    sd[key] = torch.zeros((), dtype=t.dtype).expand(t.shape)
+                    continue
+                root, _ = tensors[key]
+                if root in done:
+                    continue
+                offset, nbytes = storages[root]
+                storage = t.untyped_storage()
+                if storage.nbytes() != nbytes:
+                    raise ValueError(f"storage of {key} holds {storage.nbytes()} bytes, file says {nbytes}")
+                view = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+                f.seek(offset)
+                if nbytes and f.readinto(memoryview(view)) != nbytes:
+                    raise EOFError(f"file ends inside {key}")
+                done.add(root)
+    except (EOFError, ValueError, KeyError, TypeError, IndexError, struct.error, pickle.UnpicklingError) as exc:
+        raise _corrupt(path, "legacy", exc) from None
 
 
 def _corrupt(path: Path, fmt: str, exc: Exception) -> LoadError:
@@ -357,8 +472,17 @@ def load_checkpoint(path: Union[str, Path], *, expect_kind: Optional[str] = None
     """Load a METRO checkpoint strictly into a fresh network on ``device`` (eval mode)."""
     path = Path(path)
     t0 = time.perf_counter()
-    sd, fmt = read_state_dict(path, map_location="cpu")
-    return load_state_dict(sd, expect_kind=expect_kind, variant=variant, device=device, path=path, fmt=fmt, t0=t0)
+    # on CPU the never-read weights stay unread (no resident memory); anything moved to a GPU is read in full
+    on_cpu = torch.device(device).type == "cpu"
+    skip = is_unused if on_cpu else (lambda key: False)
+    sd, fmt = read_state_dict(path, map_location="cpu", lean=True, skip=skip)
+    unread = tuple(k for k in sd if skip(k)) if fmt == "legacy" else ()
+    loaded = load_state_dict(sd, expect_kind=expect_kind, variant=variant, device=device, path=path, fmt=fmt, t0=t0)
+    if unread:
+        from dataclasses import replace
+
+        loaded = LoadedModel(loaded.model, loaded.config, replace(loaded.report, unread=unread))
+    return loaded
 
 
 def load_state_dict(sd: Dict[str, torch.Tensor], *, expect_kind: Optional[str] = None, variant: Optional[str] = None,

@@ -64,7 +64,8 @@ class MetroBodyNetwork(nn.Module):
         feat = self.backbone(images)                                   # (B, C, 7, 7)
         img_tokens = self.conv_learn_tokens(feat.view(b, feat.shape[1], -1).transpose(1, 2))
         x = torch.cat([ref, img_tokens], dim=2)                        # xyz first
-        blocks = self._blocks(x, trace, backbone_out=feat, img_tokens=img_tokens, template_tokens=reference)
+        blocks = run_blocks(self.trans_encoder, x, trace, backbone_out=feat, img_tokens=img_tokens,
+                            template_tokens=reference)
         nj = self.cfg.num_joints
         joints, v431 = blocks[:, :nj], blocks[:, nj:]
         cam = _camera(self.cam_param_fc, self.cam_param_fc2, self.cam_param_fc3, v431)
@@ -72,9 +73,6 @@ class MetroBodyNetwork(nn.Module):
         v6890 = self.upsampling2(v1723)
         return MetroOutput(cam=cam, joints=joints, vertices_sub2=v431,
                            vertices_sub=v1723.transpose(1, 2), vertices=v6890.transpose(1, 2))
-
-    def _blocks(self, x, trace, **extra):
-        return run_blocks(self.trans_encoder, x, trace, **extra)
 
 
 class MetroHandNetwork(nn.Module):
