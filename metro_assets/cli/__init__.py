@@ -43,6 +43,7 @@ from metro_assets.cli import assets as _assets  # noqa: E402,F401  fetch, verify
 from metro_assets.cli import importing as _importing  # noqa: E402,F401  import, export
 from metro_assets.cli import run_check as _run_check  # noqa: E402,F401  run-check
 from metro_assets.cli import doctor as _doctor  # noqa: E402,F401  doctor
+from metro_assets.cli import demo as _demo  # noqa: E402,F401  demo
 from metro_assets.cli import datasets as _datasets  # noqa: E402,F401  datasets reindex/verify
 
 def main() -> None:
