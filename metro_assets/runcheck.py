@@ -239,7 +239,8 @@ def _check_one(torch, name: str, kind: Optional[str], path: Path, root: Path, de
         _reset_peak_rss()
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        loaded = load_checkpoint(path, expect_kind=kind, device="cpu")
+        # CPU first (the CUDA check compares against it); a model bound for the GPU is read in full
+        loaded = load_checkpoint(path, expect_kind=kind, device="cpu", read_unused=dev.startswith("cuda"))
         report = loaded.report
         model = loaded.model
         ref = tmpl.reference

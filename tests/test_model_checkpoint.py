@@ -50,6 +50,9 @@ def test_legacy_full_read_when_asked(tmp_path, tiny_body):
     assert fmt == "legacy" and all(torch.equal(sd[k], v) for k, v in tiny_body.items())
     sd, _ = read_state_dict(path)                     # plain torch.load path
     assert all(torch.equal(sd[k], v) for k, v in tiny_body.items())
+    loaded = load_checkpoint(path, read_unused=True)  # what a GPU-bound model gets
+    assert not loaded.report.unread
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in tiny_body.items())
 
 
 def test_assign_load_makes_no_copy(tmp_path, tiny_body):

@@ -468,13 +468,18 @@ class LoadedModel:
 
 
 def load_checkpoint(path: Union[str, Path], *, expect_kind: Optional[str] = None, variant: Optional[str] = None,
-                    device: Union[str, torch.device] = "cpu") -> LoadedModel:
-    """Load a METRO checkpoint strictly into a fresh network on ``device`` (eval mode)."""
+                    device: Union[str, torch.device] = "cpu", read_unused: Optional[bool] = None) -> LoadedModel:
+    """Load a METRO checkpoint strictly into a fresh network on ``device`` (eval mode).
+
+    ``read_unused`` (default: only when ``device`` is not the CPU): also read the
+    23 weights the forward pass never uses; otherwise a legacy file leaves them
+    unread (zeros, listed in ``report.unread``) to save a fifth of the memory.
+    """
     path = Path(path)
     t0 = time.perf_counter()
-    # on CPU the never-read weights stay unread (no resident memory); anything moved to a GPU is read in full
-    on_cpu = torch.device(device).type == "cpu"
-    skip = is_unused if on_cpu else (lambda key: False)
+    if read_unused is None:
+        read_unused = torch.device(device).type != "cpu"
+    skip = (lambda key: False) if read_unused else is_unused
     sd, fmt = read_state_dict(path, map_location="cpu", lean=True, skip=skip)
     unread = tuple(k for k in sd if skip(k)) if fmt == "legacy" else ()
     loaded = load_state_dict(sd, expect_kind=expect_kind, variant=variant, device=device, path=path, fmt=fmt, t0=t0)
