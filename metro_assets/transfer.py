@@ -56,7 +56,7 @@ __all__ = ["TransferResult", "ConnectionBudget", "download"]
 BUF_SIZE = 1 << 20              # one socket-to-disk buffer
 BUFS_PER_CONNECTION = 4         # bounds memory: 4 MiB per connection in flight
 FLUSH_EVERY_S = 0.25            # a partly filled buffer is committed after this long
-WRITEBACK_EVERY = 32 << 20      # start kernel writeback after this many new bytes
+WRITEBACK_EVERY = 8 << 20       # start kernel writeback after this many new bytes
 STATE_EVERY_S = 1.0             # how often the resume sidecar is rewritten
 STATE_MIN_SIZE = 1 << 20        # smaller downloads are not worth a sidecar while they run
 AUTO_SEGMENTED_MIN = 32 << 20   # automatic mode: below this, one connection
@@ -364,6 +364,7 @@ class _Job:
         self.resumed_bytes = 0
         self.new_bytes = 0
         self.since_writeback = 0
+        self.recv_s = 0.0               # time readers spent waiting on sockets (growth heuristic)
         self.streams: set = set()
         self.wake = threading.Event()   # nudges the supervisor: sniff passed, a worker ended
         self.fd = -1
@@ -619,13 +620,14 @@ class _Job:
             spawn(first_seg, first)
             extra_wanted = target - 1
             t0 = last_state = last_check = time.monotonic()
-            bytes_at_check = 0
+            bytes_at_check, recv_at_check = 0, 0.0
             want_state = self.total is None or self.total >= STATE_MIN_SIZE
             if want_state and self.validator and self.range_ok:
                 self.save_state()
             while True:
                 if extra_wanted > 0 and self.sniffed:
                     got = extra_wanted if self.budget is None else self.budget.try_acquire(extra_wanted)
+                    self._split_largest(got)
                     for _ in range(got):
                         spawn(self._claim_unowned(), None)
                     extra_wanted -= got
@@ -635,13 +637,16 @@ class _Job:
                 self.wake.wait(0.05)
                 self.wake.clear()
                 now = time.monotonic()
-                if auto and self.sniffed and now - last_check >= (0.3 if bytes_at_check == 0 else 0.5):
+                if auto and self.sniffed and now - last_check >= (0.15 if bytes_at_check == 0 else 0.3):
                     rate = (self.new_bytes - bytes_at_check) / (now - last_check)
-                    bytes_at_check, last_check = self.new_bytes, now
                     with self.lock:
                         active = self.active
                         left = sum(s.remaining() or 0 for s in self.segments)
-                    if active and rate / active < SLOW_CONNECTION_BPS and left >= 2 * MIN_STEAL \
+                    # More connections help only when readers wait on the network: a reader
+                    # that waits on the disk or the hasher would just compete for them.
+                    net_bound = (self.recv_s - recv_at_check) / max(1e-6, (now - last_check) * max(1, active)) > 0.6
+                    bytes_at_check, recv_at_check, last_check = self.new_bytes, self.recv_s, now
+                    if active and net_bound and rate / active < SLOW_CONNECTION_BPS and left >= 2 * MIN_STEAL \
                             and active < AUTO_MAX_CONNECTIONS:
                         extra_wanted = AUTO_MAX_CONNECTIONS - active
                         auto = False
@@ -675,6 +680,27 @@ class _Job:
         for resp in streams:
             with contextlib.suppress(Exception):
                 resp.raw._connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def _split_largest(self, k: int) -> None:
+        """Cut the largest remaining segment into k+1 equal parts for k new connections
+        (halving repeatedly would leave one part twice as long as the rest)."""
+        with self.lock:
+            if any(not s.owned and s.end is not None and s.pos < s.end for s in self.segments):
+                return  # unowned work exists already (resume, explicit N)
+            best = max((s for s in self.segments if s.end is not None), key=lambda s: s.end - s.pos, default=None)
+            if best is None:
+                return
+            left = best.end - best.pos
+            k = min(k, left // MIN_STEAL - 1)
+            if k < 1:
+                return
+            step = left // (k + 1)
+            step -= step % (64 * 1024)
+            cuts = [best.pos + step * i for i in range(1, k + 1)] + [best.end]
+            for a, b in zip(cuts, cuts[1:]):
+                self.segments.append(_Segment(a, b))
+            best.end = cuts[0]
+            self.segments.sort(key=lambda s: s.start)
 
     def _claim_unowned(self) -> Optional[_Segment]:
         with self.lock:
@@ -819,10 +845,12 @@ class _Job:
                 pos = seg.pos
                 try:
                     while filled < limit:
+                        t_recv = time.perf_counter()
                         if fast:
                             n = fp.readinto1(view[filled:limit])
                         else:
                             n = resp.raw.readinto(view[filled:limit])
+                        self.recv_s += time.perf_counter() - t_recv
                         if not n:
                             eof = True
                             break
