@@ -16,8 +16,10 @@ It looks at four things:
 * with ``online=True``: every non-manual source probed in parallel with a short
   timeout (alive / dead / unreachable; known-dead sources: still dead / came back).
 
-The report never changes the tree (the filesystem self-tests use a hidden
-temporary directory that is removed again).
+The report never changes an asset: the filesystem self-tests use a hidden
+temporary directory that is removed again, and the only write is the stamp
+cache that ``verify`` keeps anyway.  Without ``online`` it never touches the
+network (sizes of not-yet-downloaded assets stay "unknown").
 """
 from __future__ import annotations
 

@@ -342,3 +342,21 @@ def test_cli_text_report_prints_fixes(tm, tmp_path):
     assert f"rm {ckpt} && metro-assets fetch t-ckpt --root {root} --mirror BASE" in r.stdout
     assert "exit code 1" in r.stderr
 
+
+
+@pytest.mark.parametrize("cmd,flags", [("doctor", ["--root", "--online", "--json", "--manifest", "--timeout"]),
+                                       ("demo", ["--root", "--keep"])])
+def test_help_documents_flags_and_exit_codes_without_torch(cmd, flags):
+    import subprocess
+
+    r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    for flag in flags:
+        assert flag in r.stdout, flag
+    assert "Exit codes: 0" in r.stdout
+    code = ("import sys, runpy; sys.argv=['metro-assets', %r, '--help']\n"
+            "try:\n    runpy.run_module('metro_assets', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n" % cmd)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
