@@ -26,13 +26,39 @@ deterministic, so importing the same archive again is "already present".
 A file that is already chumpy-free is placed as it is.
 
 ``export smplx`` (:mod:`metro_assets.export`) always writes clean files.
+
+Whole trees (an old METRO or MeshGraphormer checkout)
+-----------------------------------------------------
+The other catalog assets (checkpoints, HRNet weights and configs, support
+data, prediction zips; never datasets or license-gated ones) are found in
+the same walk: by their catalog path below the given directory (also when it
+is the parent of ``MeshTransformer/``), by file name (case-insensitively, for
+flat folders), and by sha256 where the manifest or the lockfile knows one
+(any file of exactly such a size is hashed).  A pinned asset must match its
+sha256.  One without a known sha256 must pass the structural check of its
+kind (0-byte leftovers and HTML pages are skipped with a note) and, for
+checkpoints, the deep check when torch is installed (``deep=None``: on when
+torch is importable) -- a body checkpoint under the hand name is skipped,
+not imported; it is then recorded in the lockfile (trust on first use,
+``how="import"``, ``source=<the user's file>``).
+
+Files are hard-linked into the root when the filesystem allows it
+(``link=True``), else copied (temp file beside the destination, hashed while
+copied, fsynced, ``os.replace``).  A hard link shares its bytes with the
+user's file: metro-assets never writes into a final path (every change is a
+new file renamed over it), so the user's file is never modified; editing the
+user's file in place does change the linked one, which ``verify`` then
+reports (its stamp holds the inode and mtime).  ``--copy`` keeps them apart.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import re
+import secrets
+import stat as statmod
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
@@ -40,20 +66,27 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from metro_assets.bodymodels import ASSET_VARIANTS, BodyModelInfo, clean_bytes, inspect_bytes, variant_from_name
+from metro_assets.checks import SNIFF_BYTES, check_file, deep_check, looks_like_markup
 from metro_assets.errors import MetroAssetsError, UsageError
-from metro_assets.hashing import sha256_file
+from metro_assets.hashing import CHUNK, sha256_file
 from metro_assets.manifest import Asset, Catalog
 from metro_assets.settings import STATE_DIR_NAME
 from metro_assets.store import Store, atomic_write_bytes
 
 __all__ = ["import_paths", "ImportResult", "Imported", "Skipped", "Present", "manual_instructions",
-           "find_candidates", "Candidate", "ORIGINALS_DIR"]
+           "find_candidates", "Candidate", "ORIGINALS_DIR", "find_tree_candidates", "TreeCandidate",
+           "ZERO_BYTE_NOTE", "HTML_NOTE"]
 
 ORIGINALS_DIR = f"{STATE_DIR_NAME}/originals"
 # Names worth opening: official, METRO and smplx spellings (SMPLH_* decoys match too and are refused by content).
 MODEL_NAME = re.compile(r"(basicmodel|smpl|mano).*\.pkl$", re.IGNORECASE)
 SKIP_DIRS = {"__macosx", ".git", ".hg", ".svn", "node_modules", "__pycache__", STATE_DIR_NAME}
 MAX_CANDIDATE_BYTES = 512 << 20   # the largest official body model is ~39 MB
+# Kinds the tree import handles (body models go through their own content-based path).
+NOT_TREE_KINDS = ("dataset", "body-model")
+ZERO_BYTE_NOTE = "0-byte leftover of the old wget script"
+HTML_NOTE = "an HTML error page saved as a file"
+MATCH_RANK = {"path": 0, "name": 1, "hash": 2}
 
 
 # --------------------------------------------------------------------------- results
@@ -69,6 +102,9 @@ class Imported:
     clean: bool = False
     original_sha256: Optional[str] = None
     note: str = ""
+    how: str = "copy"          # hardlink | copy (body models are always written: copy)
+    matched: str = "content"   # path | name | hash | content (body models: by what they hold)
+    identity: str = ""         # manifest | lockfile | first-use (recorded now) | content
 
 
 @dataclass(frozen=True)
@@ -84,6 +120,7 @@ class Present:
 class Skipped:
     source: str
     reason: str
+    asset_id: Optional[str] = None   # the asset it was taken for, when it was identified
 
 
 @dataclass(frozen=True)
@@ -158,26 +195,43 @@ def _file_candidate(path: Path, explicit: bool) -> Candidate:
     return Candidate(str(path), path.name, path.stat().st_size, path.read_bytes, explicit)
 
 
-def find_candidates(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Tuple[List[Candidate], List[Skipped]]:
-    """Every body-model candidate under ``paths`` (files, archives, directories)."""
+def _walk(d: Path, excluded: Sequence[Path]) -> Iterable[Path]:
+    """Files below ``d``, sorted, without VCS/state folders or ``excluded`` (the root itself)."""
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = sorted(n for n in dirnames if n.lower() not in SKIP_DIRS
+                             and Path(dirpath, n).resolve() not in excluded)
+        for fn in sorted(filenames):
+            yield Path(dirpath, fn)
+
+
+def _existing(raw: Path) -> Path:
+    p = Path(raw).expanduser()
+    if not p.exists():
+        raise UsageError(f"No such file or directory: {p}",
+                         expected="an archive, a file or a directory (an old METRO checkout, a Downloads folder)",
+                         next_command="metro-assets import ~/Downloads/SMPL_python_v.1.0.0.zip ~/old/MeshTransformer")
+    return p
+
+
+def find_candidates(paths: Sequence[Path], *, exclude: Sequence[Path] = (),
+                    skip_files: Iterable[Path] = ()) -> Tuple[List[Candidate], List[Skipped]]:
+    """Every body-model candidate under ``paths`` (files, archives, directories).
+
+    ``skip_files`` (resolved paths) are left out: the tree import took them.
+    """
     cands: List[Candidate] = []
     skipped: List[Skipped] = []
     excluded = [Path(e).resolve() for e in exclude]
-
-    def walk(d: Path) -> Iterable[Path]:
-        for dirpath, dirnames, filenames in os.walk(d):
-            dirnames[:] = sorted(n for n in dirnames if n.lower() not in SKIP_DIRS
-                                 and Path(dirpath, n).resolve() not in excluded)
-            for fn in sorted(filenames):
-                yield Path(dirpath, fn)
+    taken = set(skip_files)
 
     for raw in paths:
-        p = Path(raw).expanduser()
-        if not p.exists():
-            raise UsageError(f"No such file or directory: {p}", expected="an archive, a .pkl file or a directory",
-                             next_command="metro-assets import ~/Downloads/SMPL_python_v.1.0.0.zip ...")
+        p = _existing(raw)
+        if p.resolve() in taken:
+            continue
         if p.is_dir():
-            for f in walk(p):
+            for f in _walk(p, excluded):
+                if f.resolve() in taken:
+                    continue
                 low = f.name.lower()
                 if low.endswith(".zip"):
                     cands.extend(_zip_candidates(f, skipped))
@@ -193,6 +247,290 @@ def find_candidates(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> T
         else:
             cands.append(_file_candidate(p, True))
     return cands, skipped
+
+
+# --------------------------------------------------------------------------- tree candidates
+
+@dataclass(frozen=True)
+class TreeCandidate:
+    """A file taken for a catalog asset (checkpoint, HRNet, support data, predictions)."""
+
+    asset_id: str
+    path: Path
+    size: int
+    matched: str                   # "path" | "name" | "hash"
+    sha256: Optional[str] = None   # known when it was hashed while being identified
+    note: str = ""
+
+
+def tree_assets(catalog: Catalog) -> List[Asset]:
+    """The assets a tree import may place: everything but datasets and license-gated body models."""
+    return [a for a in catalog.assets if a.kind not in NOT_TREE_KINDS and not a.manual]
+
+
+class _Identifier:
+    """Which tree asset a file is: by catalog path, by name, by a known sha256."""
+
+    def __init__(self, assets: Sequence[Asset], store: Store, entries: Dict[str, dict]) -> None:
+        self.by_path = {a.path.lower(): a for a in assets}
+        self.by_name: Dict[str, Asset] = {}
+        for a in assets:
+            self.by_name.setdefault(PurePosixPath(a.path).name.lower(), a)
+        self.by_sha: Dict[str, Asset] = {}
+        self.sizes = set()
+        for a in assets:
+            ident = store.identity(a, entries)
+            if ident.sha256 and ident.size:
+                self.by_sha.setdefault(ident.sha256, a)
+                self.sizes.add(ident.size)
+
+    def identify(self, f: Path, size: int) -> Optional[TreeCandidate]:
+        low = f.absolute().as_posix().lower()
+        by_path = next((a for p, a in self.by_path.items() if low.endswith("/" + p)), None)
+        by_name = self.by_name.get(f.name.lower())
+        named = by_path or by_name
+        if size in self.sizes:
+            sha = sha256_file(f)
+            owner = self.by_sha.get(sha)
+            if owner is not None:
+                if named is None or named.id == owner.id:
+                    how = "path" if by_path else "name" if by_name else "hash"
+                    return TreeCandidate(owner.id, f, size, how, sha)
+                return TreeCandidate(owner.id, f, size, "hash", sha,
+                                     f"named like {named.id} but its sha256 is that of {owner.id}")
+            if named is not None:
+                return TreeCandidate(named.id, f, size, "path" if by_path else "name", sha)
+            return None
+        if named is not None:
+            return TreeCandidate(named.id, f, size, "path" if by_path else "name")
+        return None
+
+
+def _regular_size(f: Path) -> Optional[int]:
+    try:
+        st = os.stat(f)
+    except OSError:
+        return None
+    return st.st_size if statmod.S_ISREG(st.st_mode) else None
+
+
+def find_tree_candidates(paths: Sequence[Path], store: Store, catalog: Catalog, *,
+                         entries: Optional[Dict[str, dict]] = None,
+                         exclude: Sequence[Path] = ()) -> List[TreeCandidate]:
+    """Every file under ``paths`` that is taken for a tree asset, best match first per asset."""
+    entries = store.lock_entries() if entries is None else entries
+    ident = _Identifier(tree_assets(catalog), store, entries)
+    excluded = [Path(e).resolve() for e in exclude]
+    found: Dict[Path, TreeCandidate] = {}
+    for raw in paths:
+        p = _existing(raw)
+        files = _walk(p, excluded) if p.is_dir() else [p]
+        for f in files:
+            key = f.resolve()
+            if key in found or _is_appledouble(f.name):
+                continue
+            size = _regular_size(f)
+            if size is None:
+                continue
+            cand = ident.identify(f, size)
+            if cand is not None:
+                found[key] = cand
+    order = {a.id: i for i, a in enumerate(catalog.assets)}
+    return sorted(found.values(), key=lambda c: (order[c.asset_id], MATCH_RANK[c.matched], str(c.path)))
+
+
+# --------------------------------------------------------------------------- tree import
+
+def _stat_key(st: os.stat_result) -> Tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    sha256: str
+    stat_key: Tuple[int, int, int]
+    identity: str          # manifest | lockfile | first-use
+    model: str
+    note: str
+
+
+def _check_tree_file(cand: TreeCandidate, asset: Asset, store: Store, entries: Dict[str, dict],
+                     deep: bool) -> "_Checked | Skipped":
+    """Is this file the asset?  Hash, size/sha256 or structure (+ deep check).  No side effects."""
+    src, source = cand.path, str(cand.path)
+
+    def skip(reason: str) -> Skipped:
+        return Skipped(source, reason, asset.id)
+
+    if cand.size == 0:
+        return skip(f"{ZERO_BYTE_NOTE} (under the name of {asset.id}), not imported")
+    try:
+        with open(src, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as exc:
+        return skip(f"cannot read it ({exc.strerror or exc})")
+    if looks_like_markup(head[:512]):
+        return skip(f"{HTML_NOTE} (under the name of {asset.id}), not imported")
+    ident = store.identity(asset, entries)
+    if ident.origin == "manifest" and ident.size is not None and cand.size != ident.size:
+        return skip(f"{cand.size} bytes, but the manifest pins {asset.id} at {ident.size} bytes "
+                    "(another version or a truncated copy)")
+    st0 = os.stat(src)
+    sha = cand.sha256 or sha256_file(src)
+    st1 = os.stat(src)
+    if _stat_key(st0) != _stat_key(st1) or cand.size != st1.st_size:
+        return skip("it changed while it was being read; run the import again")
+    notes = [cand.note] if cand.note else []
+    if ident.origin == "manifest":
+        if sha != ident.sha256:
+            return skip(f"sha256 {sha[:16]}... does not match the {ident.sha256[:16]}... the manifest pins for "
+                        f"{asset.id} (another version or a damaged copy)")
+        return _Checked(sha, _stat_key(st1), "manifest", asset.kind, "; ".join(notes))
+    try:
+        check_file(src, asset.kind, name=src.name)
+    except MetroAssetsError as exc:
+        return skip(_reason(exc))
+    model = asset.kind
+    if deep and asset.check:
+        try:
+            report = deep_check(src, asset.check)
+        except MetroAssetsError as exc:
+            return skip(f"deep check {asset.check} failed: {_reason(exc)}" + (f" ({exc.did})" if exc.did else ""))
+        except ImportError as exc:
+            notes.append(f"deep check skipped ({exc.name or exc} not installed)")
+        else:
+            variant, fmt = getattr(report, "variant", None), getattr(report, "format", None)
+            if variant:
+                model = f"{variant} checkpoint" + (f" ({fmt})" if fmt else "") + ", deep-checked"
+    elif asset.check:
+        notes.append("deep check not run")
+    identity = "lockfile" if ident.origin == "lockfile" and sha == ident.sha256 else "first-use"
+    if ident.origin == "lockfile" and sha != ident.sha256:
+        notes.append(f"metro-assets.lock recorded another sha256 ({ident.sha256[:12]}...) for {asset.id}")
+    return _Checked(sha, _stat_key(st1), identity, model, "; ".join(notes))
+
+
+def _link_or_copy(store: Store, src: Path, dest: Path, checked: _Checked, *, link: bool) -> str:
+    """Place ``src`` at ``dest`` through a name beside it: hard link, else a verified copy.
+
+    Returns "hardlink" or "copy".  The user's file is only ever read (or linked).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.metro-import"
+    try:
+        if link:
+            try:
+                os.link(src, tmp)
+            except OSError:      # another filesystem, no hard links there, protected_hardlinks...
+                pass
+            else:
+                # same inode, size and mtime as when it was hashed and checked: the same bytes
+                if _stat_key(os.stat(tmp)) == checked.stat_key:
+                    store.place(tmp, dest, checked.sha256)
+                    return "hardlink"
+                os.unlink(tmp)
+                raise OSError(f"{src} changed after it was checked")
+        h = hashlib.sha256()
+        with open(src, "rb") as inp, open(tmp, "xb") as out:
+            os.fchmod(out.fileno(), 0o644)
+            while True:
+                block = inp.read(CHUNK)
+                if not block:
+                    break
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != checked.sha256:
+            raise OSError(f"{src} changed after it was checked (sha256 {h.hexdigest()[:12]}..., "
+                          f"expected {checked.sha256[:12]}...)")
+        store.place(tmp, dest, checked.sha256)
+        return "copy"
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _place_tree_file(store: Store, asset: Asset, cand: TreeCandidate, checked: _Checked,
+                     entries: Dict[str, dict], *, link: bool):
+    dest = store.dest(asset)
+    source = str(cand.path)
+    with store.asset_lock(asset.id):
+        try:
+            dest_size: Optional[int] = os.stat(dest).st_size
+        except FileNotFoundError:
+            dest_size = None
+        current = _current_sha(store, dest)
+        entry = entries.get(asset.id)
+        first_use = checked.identity != "manifest"
+        if current == checked.sha256:
+            recorded = bool(entry) and entry.get("path") == asset.path and entry.get("sha256") == current
+            if first_use and not recorded:
+                _record_tree(store, asset, cand, checked, placed="already present")
+            return Present(asset.id, asset.path, source, current,
+                           "already in place" + (f"; {checked.note}" if checked.note else ""))
+        ident = store.identity(asset, entries)
+        if ident.origin == "lockfile" and current is not None and current == ident.sha256:
+            return Skipped(source, f"differs from the {asset.id} already in place and recorded in metro-assets.lock "
+                                   f"(sha256 {current[:12]}...); kept that one", asset.id)
+        try:
+            how = _link_or_copy(store, cand.path, dest, checked, link=link)
+        except OSError as exc:
+            return Skipped(source, f"could not place it at {asset.path}: {exc}", asset.id)
+        if first_use:
+            _record_tree(store, asset, cand, checked, placed=how)
+        notes = [checked.note] if checked.note else []
+        if dest_size == 0:
+            notes.append("replaced a 0-byte file")
+        elif current is not None:
+            notes.append(f"replaced a different file (sha256 {current[:12]}...)")
+        return Imported(asset.id, asset.path, source, checked.sha256, cand.size, checked.model, note="; ".join(notes),
+                        how=how, matched=cand.matched, identity=checked.identity)
+
+
+def _record_tree(store: Store, asset: Asset, cand: TreeCandidate, checked: _Checked, *, placed: str) -> None:
+    # absolute: the lockfile lives in the root, not in the directory the command ran from
+    store.record(asset.id, path=asset.path, size=cand.size, sha256=checked.sha256, source=str(cand.path.absolute()),
+                 how="import", placed=placed, matched=cand.matched)
+
+
+def import_tree(cands: Sequence[TreeCandidate], store: Store, catalog: Catalog, *, deep: bool, link: bool,
+                entries: Dict[str, dict], on_progress: Optional[Callable[[str], None]] = None
+                ) -> Tuple[List[Imported], List[Present], List[Skipped]]:
+    """Check and place tree candidates; per asset the first good one wins, the rest are compared with it."""
+    assets = catalog.by_id()
+    imported: List[Imported] = []
+    present: List[Present] = []
+    skipped: List[Skipped] = []
+    chosen: Dict[str, Tuple[str, int, str]] = {}      # asset id -> (sha256, size, source)
+    for cand in cands:
+        asset = assets[cand.asset_id]
+        if on_progress:
+            on_progress(str(cand.path))
+        if asset.id in chosen:
+            sha, size, source = chosen[asset.id]
+            if cand.size == size and (cand.sha256 or sha256_file(cand.path)) == sha:
+                present.append(Present(asset.id, asset.path, str(cand.path), sha, f"same file as {source}"))
+            else:
+                skipped.append(Skipped(str(cand.path), f"another file was already taken for {asset.id} from {source}; "
+                                                       "kept that one", asset.id))
+            continue
+        checked = _check_tree_file(cand, asset, store, entries, deep)
+        if isinstance(checked, Skipped):
+            skipped.append(checked)
+            continue
+        result = _place_tree_file(store, asset, cand, checked, entries, link=link)
+        if isinstance(result, Skipped):
+            skipped.append(result)
+            continue
+        (imported if isinstance(result, Imported) else present).append(result)
+        chosen[asset.id] = (checked.sha256, cand.size, str(cand.path))
+    return imported, present, skipped
 
 
 # --------------------------------------------------------------------------- import
@@ -244,18 +582,29 @@ def _name_note(info: BodyModelInfo, name: str) -> str:
 
 
 def import_paths(paths: Sequence[Path], store: Store, catalog: Catalog, *, clean: bool = False,
+                 deep: Optional[bool] = None, link: bool = True,
                  on_progress: Optional[Callable[[str], None]] = None) -> ImportResult:
-    """Import every body model found under ``paths`` into ``store``'s root.
+    """Import every asset found under ``paths`` into ``store``'s root.
 
-    Never moves or changes the user's files.  Returns what was imported,
-    what was already present, and what was skipped and why.
+    Body models are identified by content; checkpoints, HRNet files, support
+    data and prediction zips by path, name and sha256 (see the module doc).
+    ``deep``: run checkpoint deep checks (None: when torch is installed).
+    ``link``: hard-link tree files where possible (else copy).  Never moves
+    or changes the user's files.  Returns what was imported, what was already
+    present, and what was skipped and why.
     """
-    cands, skipped = find_candidates(paths, exclude=[store.root])
-    assets = catalog.by_id()
-    imported: List[Imported] = []
-    present: List[Present] = []
-    done: Dict[str, Tuple[str, str]] = {}        # asset id -> (source sha256, source) handled this run
+    for raw in paths:
+        _existing(raw)
+    if deep is None:
+        deep = _torch_available()
     entries = store.lock_entries()
+    tree = find_tree_candidates(paths, store, catalog, entries=entries, exclude=[store.root])
+    cands, skipped = find_candidates(paths, exclude=[store.root], skip_files=[c.path.resolve() for c in tree])
+    imported, present, tree_skipped = import_tree(tree, store, catalog, deep=deep, link=link, entries=entries,
+                                                  on_progress=on_progress)
+    skipped = tree_skipped + skipped
+    assets = catalog.by_id()
+    done: Dict[str, Tuple[str, str]] = {}        # asset id -> (source sha256, source) handled this run
 
     for cand in cands:
         if on_progress:
@@ -328,7 +677,7 @@ def _place(store: Store, asset: Asset, cand: Candidate, data: bytes, sha: str, m
                     else f"replaced a different file (sha256 {current[:12]}...)")
             note = (note + "; " if note else "") + what
         return Imported(asset.id, asset.path, cand.source, target_sha, len(target), info.describe(), make_clean,
-                        sha if make_clean else None, note)
+                        sha if make_clean else None, note, identity="content")
 
 
 def _record(store: Store, asset: Asset, cand: Candidate, target: bytes, target_sha: str, data: bytes, sha: str,
