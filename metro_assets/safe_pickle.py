@@ -281,10 +281,11 @@ class Py2Object:
 class _Py2Writer:
     """Emits protocol-2 opcodes the way Python 2's cPickle wrote body models."""
 
-    def __init__(self, f: BinaryIO, *, legacy_sparse: bool = False) -> None:
+    def __init__(self, f: BinaryIO, *, legacy_sparse: bool = False, object_arrays: bool = False) -> None:
         self.f = f
         self.memo: Dict[Any, int] = {}
         self.legacy_sparse = legacy_sparse
+        self.object_arrays = object_arrays
 
     # -- low level
     def w(self, b: bytes) -> None:
@@ -411,7 +412,7 @@ class _Py2Writer:
         key = ("dtype", dt.str)
         if self.get(key):
             return
-        if dt.hasobject or dt.fields is not None:
+        if dt.fields is not None or (dt.hasobject and not (self.object_arrays and dt == np.dtype(object))):
             raise TypeError(f"cannot write arrays of dtype {dt} into a body-model pickle")
         _, args, state = dt.__reduce__()
         self.glob("numpy", "dtype")
@@ -423,8 +424,9 @@ class _Py2Writer:
         self.put(key)
 
     def save_array(self, a: np.ndarray) -> None:
-        fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous)
-        data = (np.asfortranarray(a) if fortran else np.ascontiguousarray(a)).tobytes(order="F" if fortran else "C")
+        objects = a.dtype == np.dtype(object) and self.object_arrays
+        fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous) and not objects
+        data = b"" if objects else (np.asfortranarray(a) if fortran else np.ascontiguousarray(a)).tobytes(order="F" if fortran else "C")
         self.glob("numpy.core.multiarray", "_reconstruct")
         self.glob("numpy", "ndarray")
         self.save_tuple((0,))
@@ -435,7 +437,10 @@ class _Py2Writer:
         self.save_tuple(tuple(int(s) for s in a.shape))
         self.save_dtype(a.dtype)
         self.w(b"\x88" if fortran else b"\x89")
-        self.save_str(data)
+        if objects:                 # numpy pickles an object array's items as a list
+            self.save(list(a.ravel()))
+        else:
+            self.save_str(data)
         self.w(b"tb")
 
     def save_sparse(self, m: Any) -> None:
@@ -459,17 +464,20 @@ def _is_sparse(obj: Any) -> bool:
     return sp.issparse(obj)
 
 
-def dump_py2(obj: Any, f: BinaryIO, *, legacy_sparse: bool = False) -> None:
+def dump_py2(obj: Any, f: BinaryIO, *, legacy_sparse: bool = False, object_arrays: bool = False) -> None:
     """Write ``obj`` as a Python-2-style protocol-2 pickle (see module docstring).
 
     ``legacy_sparse=True`` names sparse matrices ``scipy.sparse.csc.csc_matrix``
     exactly like the official files (for fixtures); the default
     ``scipy.sparse.csc_matrix`` loads everywhere without deprecation warnings.
+    ``object_arrays=True`` also writes numpy object arrays (dtype ``|O``, items pickled as a
+    list), the way numpy under Python 2 pickled upstream's npz members; by default they are
+    refused, as no body model holds one.
     """
-    _Py2Writer(f, legacy_sparse=legacy_sparse).dump(obj)
+    _Py2Writer(f, legacy_sparse=legacy_sparse, object_arrays=object_arrays).dump(obj)
 
 
-def dumps_py2(obj: Any, *, legacy_sparse: bool = False) -> bytes:
+def dumps_py2(obj: Any, *, legacy_sparse: bool = False, object_arrays: bool = False) -> bytes:
     buf = io.BytesIO()
-    dump_py2(obj, buf, legacy_sparse=legacy_sparse)
+    dump_py2(obj, buf, legacy_sparse=legacy_sparse, object_arrays=object_arrays)
     return buf.getvalue()

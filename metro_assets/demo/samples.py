@@ -39,7 +39,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from metro_assets.safe_pickle import Py2Object, _Py2Writer
+from metro_assets import safe_pickle
+from metro_assets.safe_pickle import Py2Object
 
 SYNTHETIC_NOTE = ("SYNTHETIC sample written by `metro-assets demo`: random values with the structure of the real "
                   "file. It is not SMPL, MANO, METRO or HRNet data and gives meaningless predictions.\n")
@@ -67,37 +68,10 @@ APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 58
 
 # =========================================================================== Python-2 pickles
 
-class _Writer(_Py2Writer):
-    """The body-model writer, plus numpy object arrays (how upstream's npz members are pickled)."""
-
-    def save_array(self, a: np.ndarray) -> None:
-        if a.dtype != np.dtype(object):
-            return super().save_array(a)
-        self.glob("numpy.core.multiarray", "_reconstruct")
-        self.glob("numpy", "ndarray")
-        self.save_tuple((0,))
-        self.save_str(b"b", memo_key=("str", "b"))
-        self.w(b"\x87R")
-        self.w(b"(")
-        self.save_int(1)
-        self.save_tuple(tuple(int(s) for s in a.shape))
-        if not self.get(("dtype", "|O")):
-            self.glob("numpy", "dtype")
-            self.save_tuple(("O8", 0, 1))
-            self.w(b"R")
-            self.save_tuple((3, "|", None, None, None, -1, -1, 63))
-            self.w(b"b")
-            self.put(("dtype", "|O"))
-        self.w(b"\x89")
-        self.save(list(a.ravel()))
-        self.w(b"tb")
-
-
 def dumps_py2(obj: Any) -> bytes:
-    """Protocol-2, Python-2 style, sparse matrices named ``scipy.sparse.csc.csc_matrix`` like the official files."""
-    buf = io.BytesIO()
-    _Writer(buf, legacy_sparse=True).dump(obj)
-    return buf.getvalue()
+    """Protocol-2, Python-2 style, sparse matrices named ``scipy.sparse.csc.csc_matrix`` like the official
+    files, object arrays like upstream's npz members."""
+    return safe_pickle.dumps_py2(obj, legacy_sparse=True, object_arrays=True)
 
 
 def object_npy(items: Sequence[Any]) -> bytes:
