@@ -251,10 +251,15 @@ class _Counter:
     def __init__(self) -> None:
         self.n = 0
         self.lock = threading.Lock()
+        self.stamps: Dict[Path, str] = {}   # placed files, stamped together at the end
 
     def add(self, n: int) -> None:
         with self.lock:
             self.n += n
+
+    def placed(self, dest: Path, sha: str) -> None:
+        with self.lock:
+            self.stamps[dest] = sha
 
 
 def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progress=None, force: bool = False,
@@ -293,11 +298,15 @@ def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progres
         if it.action not in ("download", "resume"):
             outcomes[it.asset.id] = _static_outcome(it, settings.root)
     if work:
-        with ThreadPoolExecutor(max_workers=min(settings.jobs, len(work)), thread_name_prefix="metro-fetch") as ex:
-            for it, oc in zip(work, ex.map(run, work)):
-                outcomes[it.asset.id] = oc
-                if log:
-                    log(_log_line(oc))
+        try:
+            with ThreadPoolExecutor(max_workers=min(settings.jobs, len(work)), thread_name_prefix="metro-fetch") as ex:
+                for it, oc in zip(work, ex.map(run, work)):
+                    outcomes[it.asset.id] = oc
+                    if log:
+                        log(_log_line(oc))
+        finally:
+            # Stamps are a cache: if we die before this, verify simply re-hashes.
+            store.put_stamps(counter.stamps)
     ordered = tuple(outcomes[it.asset.id] for it in p.items)
     return FetchResult(ordered, time.monotonic() - t0, counter.n, explicit)
 
@@ -346,6 +355,17 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
         # Another process may have finished it while we waited for the lock.
         entries = store.lock_entries()
         st, needs_hash = inspect(a, store, stamps=store.load_stamps(), entries=entries)
+        if st.status == "ok" and needs_hash is not None:
+            # placed by another process that has not written its stamps yet
+            from metro_assets.hashing import sha256_file
+
+            got = sha256_file(needs_hash)
+            if got == store.identity(a, entries).sha256:
+                counter.placed(needs_hash, got)
+                needs_hash = None
+                st = AssetStatus(**{**asdict(st), "got_sha256": got})
+            else:
+                st = AssetStatus(**{**asdict(st), "status": "corrupt"})
         if st.status == "ok" and needs_hash is None:
             return Outcome(a.id, a.path, "present", st.status, size=st.got_size, sha256=st.got_sha256,
                            message="placed by another process", optional=a.optional)
@@ -397,7 +417,8 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
                     store.record(a.id, path=a.path, size=res.size, sha256=res.sha256, source=cand.url, how="tofu",
                                  etag=res.etag, last_modified=res.last_modified)
                     recorded = True
-                store.place(part, dest, res.sha256)
+                store.place(part, dest, res.sha256, stamp=False)
+                counter.placed(dest, res.sha256)
                 state.unlink(missing_ok=True)
                 action = "resumed" if getattr(res, "resumed_bytes", 0) else "downloaded"
                 return Outcome(a.id, a.path, action, "ok", source=cand.url, size=res.size, sha256=res.sha256,

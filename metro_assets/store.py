@@ -247,9 +247,13 @@ class Store:
             return str(path)
 
     # ------------------------------------------------------------------ placing files
-    def place(self, tmp: Path, dest: Path, sha256: str) -> None:
-        """Move a verified, fsynced temp file to its final path atomically and stamp it."""
+    def place(self, tmp: Path, dest: Path, sha256: str, *, stamp: bool = True) -> None:
+        """Move a verified, fsynced temp file to its final path atomically and stamp it.
+
+        ``stamp=False`` leaves the stamp to the caller (fetch batches them: one
+        locked rewrite of stamps.json per run instead of one per file)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
-        self.put_stamps({dest: sha256})
+        if stamp:
+            self.put_stamps({dest: sha256})
