@@ -23,6 +23,9 @@ Meshes are closed (SMPL, and each coarse level) or open at the wrist (MANO),
 built from rings around an axis, so a rendered picture shows a surface.  Every
 archive carries a ``SYNTHETIC.txt`` note; the manifest override describes each
 file as "SYNTHETIC sample".
+
+The body-model writers are also the tests' (tests/bodymodel_fixtures.py): they
+ask for the cheaper "scatter" layout (see ``LAYOUTS``) and archives without the note.
 """
 from __future__ import annotations
 
@@ -251,22 +254,73 @@ def _axis_joints(n: int, length: float, rng: np.random.Generator, spread: float)
     return j
 
 
-def smpl_model(gender: str = "neutral", *, shape_components: int = 10, seed: Optional[int] = None) -> Dict[str, Any]:
-    """Plain values of a synthetic SMPL model in the official key order (faces = mesh_downsampling F[0])."""
+def _hand_joints() -> np.ndarray:
+    """A right hand in MANO's frame: wrist at +x, fingers towards -x, thumb at +z, below the palm."""
+    j = np.zeros((MANO_J, 3))
+    j[0] = (0.095, 0.006, 0.006)
+    # index, middle, pinky, ring (MANO order), three joints each
+    for base, z in ((1, 0.027), (4, 0.003), (7, -0.040), (10, -0.020)):
+        for k in range(3):
+            j[base + k] = (0.008 - 0.025 * k, 0.004, z - 0.003 * k)
+    for k in range(3):
+        j[13 + k] = (0.072 - 0.021 * k, -0.010 - 0.002 * k, 0.032 + 0.019 * k)
+    return j
+
+
+# How a model's vertices, joints and faces are laid out:
+#   "mesh"    the ring meshes of the downsampling hierarchies (closed SMPL, MANO open at the wrist), joints
+#             inside along the axis, each vertex skinned to its nearest joint: a picture shows a surface;
+#   "scatter" vertices scattered around the joints (for MANO an anatomical right hand, so its chirality is
+#             decidable from the joints) and random faces: no mesh to build, the tests' stand-ins.
+LAYOUTS = ("mesh", "scatter")
+
+
+def _mesh_owners(v: np.ndarray, n_joints: int, rng: np.random.Generator, spread: float) -> np.ndarray:
+    """Each vertex's joint (the nearest of joints along the axis), every joint owning at least one vertex."""
+    assign = _nearest(v, _axis_joints(n_joints, v[:, 1].max(), rng, spread))
+    missing = np.setdiff1d(np.arange(n_joints), assign)
+    assign[missing] = missing
+    return assign
+
+
+def _scatter(rng: np.random.Generator, joints: np.ndarray, n_verts: int, noise: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(vertices, owner joint of each): vertices near random joints, the first ones one per joint."""
+    assign = rng.integers(0, len(joints), size=n_verts)
+    assign[:len(joints)] = np.arange(len(joints))          # every joint owns vertices
+    return joints[assign] + rng.normal(scale=noise, size=(n_verts, 3)), assign
+
+
+def _layout_faces(layout: str, rng: np.random.Generator, mesh_faces: Callable[[], np.ndarray],
+                  n_faces: int, n_verts: int) -> np.ndarray:
+    if layout == "mesh":
+        return mesh_faces().copy()
+    return rng.integers(0, n_verts, size=(n_faces, 3), dtype=np.uint32)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+
+
+def smpl_model(gender: str = "neutral", *, shape_components: int = 10, seed: Optional[int] = None,
+               layout: str = "mesh") -> Dict[str, Any]:
+    """Plain values of a synthetic SMPL model in the official key order (see LAYOUTS; with "mesh",
+    faces = mesh_downsampling F[0])."""
+    _check_layout(layout)
     rng = np.random.default_rng(SEEDS.get(gender, 10) if seed is None else seed)
-    h = body_hierarchy()
-    v_template = h.verts[0] * (1.0 + 0.03 * rng.standard_normal())     # genders differ a little in size
-    joints = _axis_joints(SMPL_J, v_template[:, 1].max(), rng, 0.03)
-    assign = _nearest(v_template, joints)
-    missing = np.setdiff1d(np.arange(SMPL_J), assign)
-    assign[missing] = missing                                            # every joint owns vertices
+    if layout == "mesh":
+        v_template = body_hierarchy().verts[0] * (1.0 + 0.03 * rng.standard_normal())   # genders differ a little in size
+        assign = _mesh_owners(v_template, SMPL_J, rng, 0.03)
+    else:
+        v_template, assign = _scatter(rng, rng.normal(scale=0.3, size=(SMPL_J, 3)), SMPL_V, 0.02)
     jreg = _regressor(rng, assign, SMPL_J, SMPL_V, 8)
     weights = _weights(rng, assign, SMPL_J)
+    f = _layout_faces(layout, rng, lambda: body_hierarchy().faces[0], SMPL_F, SMPL_V)
     info = {"expid": "tj10smooth", "J_regressor_prior_wt": 10.0, "restpose_type": "t", "bs_style": "lbs",
             "gender": gender, "bs_type": "lrotmin"}
     return {
         "J_regressor_prior": jreg.copy(),
-        "f": h.faces[0].copy(),
+        "f": f,
         "J_regressor": jreg,
         "kintree_table": _kintree(SMPL_PARENTS),
         "J": np.asarray(jreg @ v_template),
@@ -282,21 +336,23 @@ def smpl_model(gender: str = "neutral", *, shape_components: int = 10, seed: Opt
     }
 
 
-def mano_model(side: str = "right", *, shape_components: int = 10, seed: Optional[int] = None) -> Dict[str, Any]:
-    """Plain values of a synthetic MANO model.  The left hand mirrors the right in x (faces reversed)."""
+def mano_model(side: str = "right", *, shape_components: int = 10, seed: Optional[int] = None,
+               layout: str = "mesh") -> Dict[str, Any]:
+    """Plain values of a synthetic MANO model (see LAYOUTS).  The left hand mirrors the right in x (faces
+    reversed, hand pose y/z negated) but keeps the right's shapedirs x sign, as the official MANO_LEFT does."""
     if side not in ("right", "left"):
         raise ValueError(side)
+    _check_layout(layout)
     rng = np.random.default_rng(SEEDS["right"] if seed is None else seed)
-    h = hand_hierarchy()
-    v_template = h.verts[0].copy()
-    joints = _axis_joints(MANO_J, v_template[:, 1].max(), rng, 0.008)
-    assign = _nearest(v_template, joints)
-    missing = np.setdiff1d(np.arange(MANO_J), assign)
-    assign[missing] = missing
+    if layout == "mesh":
+        v_template = hand_hierarchy().verts[0].copy()
+        assign = _mesh_owners(v_template, MANO_J, rng, 0.008)
+    else:
+        v_template, assign = _scatter(rng, _hand_joints(), MANO_V, 0.004)
     jreg = _regressor(rng, assign, MANO_J, MANO_V, 12)
     comps, _ = np.linalg.qr(rng.standard_normal((45, 45)))
     hands_mean = rng.normal(scale=0.2, size=45)
-    f = h.faces[0].copy()
+    f = _layout_faces(layout, rng, lambda: hand_hierarchy().faces[0], MANO_F, MANO_V)
     shapedirs = rng.standard_normal((MANO_V, 3, shape_components)) * 1e-3
     if side == "left":
         v_template = v_template * np.array([-1.0, 1.0, 1.0])
@@ -346,23 +402,29 @@ def mano_bytes(side: str = "right", *, chumpy: bool = True, **kw: Any) -> bytes:
     return dumps_py2(model)
 
 
-def write_official_zips(directory: Path, *, models: Optional[Dict[str, bytes]] = None) -> Dict[str, Path]:
-    """The three official-style archives (members, decoys, a SYNTHETIC.txt note).  Returns name -> path."""
+def write_official_zips(directory: Path, *, models: Optional[Dict[str, bytes]] = None, note: bool = True,
+                        layout: str = "mesh") -> Dict[str, Path]:
+    """The three official-style archives (members, decoys and, with ``note``, a SYNTHETIC.txt note).
+
+    ``models`` may pass pre-built member bytes (keys neutral/female/male/right/left); the others are
+    generated with ``layout``.  Returns archive name -> path.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     b = dict(models or {})
     for g in ("neutral", "female", "male"):
         if g not in b:
-            b[g] = smpl_bytes(g)
+            b[g] = smpl_bytes(g, layout=layout)
     for side in ("right", "left"):
         if side not in b:
-            b[side] = mano_bytes(side)
+            b[side] = mano_bytes(side, layout=layout)
     stored = zipfile.ZIP_STORED   # random floats: deflate would only cost time
     out: Dict[str, Path] = {}
 
     p = directory / SMPLIFY_ZIP
     with zipfile.ZipFile(p, "w", stored) as z:
-        z.writestr("smplify_public/SYNTHETIC.txt", SYNTHETIC_NOTE)
+        if note:
+            z.writestr("smplify_public/SYNTHETIC.txt", SYNTHETIC_NOTE)
         z.writestr("smplify_public/README.txt", "SMPLify (synthetic stand-in)\n")
         z.writestr("smplify_public/LICENSE.txt", "placeholder\n")
         z.writestr("smplify_public/code/fit_3d.py", "# placeholder\n")
@@ -373,7 +435,8 @@ def write_official_zips(directory: Path, *, models: Optional[Dict[str, bytes]] =
 
     p = directory / SMPL_ZIP
     with zipfile.ZipFile(p, "w", stored) as z:
-        z.writestr("smpl/SYNTHETIC.txt", SYNTHETIC_NOTE)
+        if note:
+            z.writestr("smpl/SYNTHETIC.txt", SYNTHETIC_NOTE)
         z.writestr(FEMALE_MEMBER, b["female"])
         z.writestr("__MACOSX/smpl/models/._basicModel_f_lbs_10_207_0_v1.0.0.pkl", APPLEDOUBLE)
         z.writestr(MALE_MEMBER, b["male"])
@@ -384,7 +447,8 @@ def write_official_zips(directory: Path, *, models: Optional[Dict[str, bytes]] =
 
     p = directory / MANO_ZIP
     with zipfile.ZipFile(p, "w", stored) as z:
-        z.writestr("mano_v1_2/SYNTHETIC.txt", SYNTHETIC_NOTE)
+        if note:
+            z.writestr("mano_v1_2/SYNTHETIC.txt", SYNTHETIC_NOTE)
         z.writestr("mano_v1_2/LICENSE.txt", "placeholder\n")
         z.writestr("mano_v1_2/models/info.txt", "placeholder\n")
         z.writestr(MANO_LEFT_MEMBER, b["left"])
