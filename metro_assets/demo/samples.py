@@ -418,46 +418,42 @@ def write_official_zips(directory: Path, *, models: Optional[Dict[str, bytes]] =
     for side in ("right", "left"):
         if side not in b:
             b[side] = mano_bytes(side, layout=layout)
-    stored = zipfile.ZIP_STORED   # random floats: deflate would only cost time
+    smplh_decoys = [(f"mano_v1_2/models/SMPLH_{g}.pkl",
+                     dumps_py2({"decoy": f"SMPL+H {g} model placeholder (not a usable body model)"}))
+                    for g in ("female", "male")]
+    # archive -> (top folder, members in the order written)
+    archives: Dict[str, Tuple[str, List[Tuple[str, Any]]]] = {
+        SMPLIFY_ZIP: ("smplify_public", [
+            ("smplify_public/README.txt", "SMPLify (synthetic stand-in)\n"),
+            ("smplify_public/LICENSE.txt", "placeholder\n"),
+            ("smplify_public/code/fit_3d.py", "# placeholder\n"),
+            (NEUTRAL_MEMBER, b["neutral"]),
+            ("smplify_public/code/models/gmm_08.pkl", dumps_py2({"means": np.zeros((8, 69)), "weights": np.ones(8) / 8})),
+            ("smplify_public/code/models/regressors_locked_normalized_male.npz", b"PK\x05\x06" + b"\x00" * 18)]),
+        SMPL_ZIP: ("smpl", [
+            (FEMALE_MEMBER, b["female"]),
+            ("__MACOSX/smpl/models/._basicModel_f_lbs_10_207_0_v1.0.0.pkl", APPLEDOUBLE),
+            (MALE_MEMBER, b["male"]),
+            ("__MACOSX/smpl/models/._basicmodel_m_lbs_10_207_0_v1.0.0.pkl", APPLEDOUBLE),
+            ("smpl/smpl_webuser/serialization.py", "# placeholder\n"),
+            ("smpl/smpl_webuser/README.txt", "placeholder\n")]),
+        MANO_ZIP: ("mano_v1_2", [
+            ("mano_v1_2/LICENSE.txt", "placeholder\n"),
+            ("mano_v1_2/models/info.txt", "placeholder\n"),
+            (MANO_LEFT_MEMBER, b["left"]),
+            (MANO_RIGHT_MEMBER, b["right"]),
+            *smplh_decoys,
+            ("mano_v1_2/webuser/serialization.py", "# placeholder\n")]),
+    }
     out: Dict[str, Path] = {}
-
-    p = directory / SMPLIFY_ZIP
-    with zipfile.ZipFile(p, "w", stored) as z:
-        if note:
-            z.writestr("smplify_public/SYNTHETIC.txt", SYNTHETIC_NOTE)
-        z.writestr("smplify_public/README.txt", "SMPLify (synthetic stand-in)\n")
-        z.writestr("smplify_public/LICENSE.txt", "placeholder\n")
-        z.writestr("smplify_public/code/fit_3d.py", "# placeholder\n")
-        z.writestr(NEUTRAL_MEMBER, b["neutral"])
-        z.writestr("smplify_public/code/models/gmm_08.pkl", dumps_py2({"means": np.zeros((8, 69)), "weights": np.ones(8) / 8}))
-        z.writestr("smplify_public/code/models/regressors_locked_normalized_male.npz", b"PK\x05\x06" + b"\x00" * 18)
-    out[SMPLIFY_ZIP] = p
-
-    p = directory / SMPL_ZIP
-    with zipfile.ZipFile(p, "w", stored) as z:
-        if note:
-            z.writestr("smpl/SYNTHETIC.txt", SYNTHETIC_NOTE)
-        z.writestr(FEMALE_MEMBER, b["female"])
-        z.writestr("__MACOSX/smpl/models/._basicModel_f_lbs_10_207_0_v1.0.0.pkl", APPLEDOUBLE)
-        z.writestr(MALE_MEMBER, b["male"])
-        z.writestr("__MACOSX/smpl/models/._basicmodel_m_lbs_10_207_0_v1.0.0.pkl", APPLEDOUBLE)
-        z.writestr("smpl/smpl_webuser/serialization.py", "# placeholder\n")
-        z.writestr("smpl/smpl_webuser/README.txt", "placeholder\n")
-    out[SMPL_ZIP] = p
-
-    p = directory / MANO_ZIP
-    with zipfile.ZipFile(p, "w", stored) as z:
-        if note:
-            z.writestr("mano_v1_2/SYNTHETIC.txt", SYNTHETIC_NOTE)
-        z.writestr("mano_v1_2/LICENSE.txt", "placeholder\n")
-        z.writestr("mano_v1_2/models/info.txt", "placeholder\n")
-        z.writestr(MANO_LEFT_MEMBER, b["left"])
-        z.writestr(MANO_RIGHT_MEMBER, b["right"])
-        for g in ("female", "male"):
-            z.writestr(f"mano_v1_2/models/SMPLH_{g}.pkl",
-                       dumps_py2({"decoy": f"SMPL+H {g} model placeholder (not a usable body model)"}))
-        z.writestr("mano_v1_2/webuser/serialization.py", "# placeholder\n")
-    out[MANO_ZIP] = p
+    for name, (top, members) in archives.items():
+        p = directory / name
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as z:   # random floats: deflate would only cost time
+            if note:
+                z.writestr(f"{top}/SYNTHETIC.txt", SYNTHETIC_NOTE)
+            for member, data in members:
+                z.writestr(member, data)
+        out[name] = p
     return out
 
 
