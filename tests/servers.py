@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from metro_assets.demo.server import parse_range
+
 HOST = "127.0.0.1"
 
 AZURE_409_BODY = (
@@ -391,21 +393,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _parse_range(value: str, total: int):
-    if not value.startswith("bytes=") or "," in value:
+    """The demo server's parser, but stricter: a header it cannot serve (not ``bytes=``, several ranges)
+    is unsatisfiable here (416) where the demo server ignores it (200), and so is any range of an
+    empty body (the demo server answers ``bytes=-n`` there with an empty 206)."""
+    if not value.startswith("bytes=") or "," in value or total == 0:
         return None
-    a, _, b = value[6:].strip().partition("-")
-    try:
-        if a == "":
-            n = int(b)
-            start, end = max(0, total - n), total
-        else:
-            start = int(a)
-            end = min(total, int(b) + 1) if b else total
-    except ValueError:
-        return None
-    if start >= total or start >= end:
-        return None
-    return start, end
+    return parse_range(value, total)
 
 
 class _Server(ThreadingHTTPServer):
