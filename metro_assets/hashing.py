@@ -5,23 +5,36 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional
 
 CHUNK = 1 << 20
 
 
+def update_from_file(h: Any, f: BinaryIO, *, progress: Optional[Callable[[int], None]] = None,
+                     buf: Optional[bytearray] = None) -> int:
+    """Feed the rest of the open binary file ``f`` into the hash object ``h``; returns the bytes read.
+
+    ``buf`` (reused between calls by a caller hashing many files) is the read buffer; default CHUNK bytes.
+    """
+    if buf is None:
+        buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = f.readinto(buf)
+        if not n:
+            break
+        h.update(view[:n])
+        total += n
+        if progress is not None:
+            progress(n)
+    return total
+
+
 def sha256_file(path: Path, *, progress: Optional[Callable[[int], None]] = None) -> str:
     h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            if progress is not None:
-                progress(n)
+        update_from_file(h, f, progress=progress)
     return h.hexdigest()
 
 

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from metro_assets.datasets.tarsafe import DIR, FILE, MemberPolicy, refuse
 from metro_assets.datasets.tsv import LineStarts, canonical_digest
 from metro_assets.errors import SourceDeadError, SourceError, StructuralError
+from metro_assets.hashing import update_from_file
 from metro_assets.store import atomic_write_json, fsync_dir, read_json
 
 BLOCK = 512
@@ -249,7 +250,6 @@ def rebuild(staging: Staging, cp: Checkpoint, progress: Optional[Callable[[int],
         return snapshot.copy()
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
-    view = memoryview(buf)
     try:
         with open(staging.journal, "rb") as j:
             for m in cp.members:
@@ -261,13 +261,7 @@ def rebuild(staging: Staging, cp: Checkpoint, progress: Optional[Callable[[int],
                 with open(p, "rb", buffering=0) as f:
                     if os.fstat(f.fileno()).st_size != m.size:
                         return None
-                    while True:
-                        n = f.readinto(buf)
-                        if not n:
-                            break
-                        h.update(view[:n])
-                        if progress is not None:
-                            progress(n)
+                    update_from_file(h, f, progress=progress, buf=buf)
             tail = j.read(cp.trailing_meta)
             if len(tail) != cp.trailing_meta:
                 return None
