@@ -184,7 +184,7 @@ class Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        if self.mode == "plain" and self.items:
+        if self.mode == "plain" and self.items and self._totals()[0]:
             self._plain_line()
 
     def _totals(self):

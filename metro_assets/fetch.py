@@ -313,7 +313,7 @@ def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progres
 
 def _log_line(o: Outcome) -> str:
     if o.status == "failed":
-        return f"failed      {o.id}: {o.message}"
+        return f"failed      {o.id} (details below)"
     extra = " (identity recorded in metro-assets.lock)" if o.recorded else ""
     return f"{o.action:<11} {o.id} <- {o.source}{extra}"
 
@@ -404,13 +404,15 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
                     checks.check_file(part, a.kind, name=a.path)
                 except (SourceError, VerificationError) as exc:
                     # StructuralError is a VerificationError: the bytes are not this asset
-                    attempts.append({"url": cand.url, "error": exc.paragraph(),
-                                     "status": getattr(exc, "status", None), "kind": type(exc).__name__})
+                    detail = exc.what + (f" (expected {exc.expected}, got {exc.got})" if exc.expected and exc.got else "")
+                    attempts.append({"url": cand.url, "error": detail, "status": getattr(exc, "status", None),
+                                     "kind": type(exc).__name__, "next_command": exc.next_command})
                     if isinstance(exc, VerificationError):
                         part.unlink(missing_ok=True)
                         state.unlink(missing_ok=True)
                     if log:
-                        log(f"source failed {a.id}: {exc.what} ({cand.url}); trying the next source")
+                        left = any(c.usable for c in item.candidates[item.candidates.index(cand) + 1:])
+                        log(f"source failed {a.id}: {exc.what}" + ("; trying the next source" if left else ""))
                     continue
                 recorded = False
                 if ident.sha256 is None:
@@ -427,14 +429,15 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
         finally:
             if progress is not None:
                 progress.finish(key)
-    return _failed(item, _no_source_message(a, attempts), f"metro-assets fetch {a.id} --mirror BASE", attempts)
+    nxt = next((x["next_command"] for x in attempts if x.get("next_command")), None)
+    return _failed(item, _no_source_message(a, attempts), nxt or f"metro-assets fetch {a.id} --mirror BASE", attempts)
 
 
 def _no_source_message(a: Asset, attempts: Sequence[Dict[str, Any]]) -> str:
     if not attempts:
         return "no usable source"
     lines = "; ".join(f"{x['url']}: {x['error']}" for x in attempts)
-    return f"every source failed for {a.path}: {lines}"
+    return f"every source failed for {a.path}. {lines}. Nothing was placed; partial downloads are kept for resuming"
 
 
 def _execute_dataset(item: PlanItem, store: Store, settings: Settings, *, progress, counter, keep_archive, force) -> Outcome:

@@ -94,3 +94,29 @@ def test_four_concurrent_fetches_download_each_asset_once(served, tmp_path):
     assert r.returncode == 0
     lock = json.loads((root / "metro-assets.lock").read_text())["assets"]
     assert lock["t-ckpt"]["sha256"] == tm.sha("t-ckpt")
+
+
+def test_sources_fall_through_409_html_and_wrong_bytes(tmp_path, fault_server):
+    """Each bad source is explained and skipped (409 never retried); the good one wins."""
+    from servers import AZURE_409_BODY, HTML_PAGE
+    from asset_fixtures import _torch_legacy_bytes
+
+    good = _torch_legacy_bytes()
+    u409 = fault_server.add("/blob/ckpt.bin", b"", status=409, error_body=AZURE_409_BODY, content_type="application/xml")
+    uhtml = fault_server.add("/html/ckpt.bin", HTML_PAGE, content_type="text/html")
+    ugood = fault_server.add("/good/ckpt.bin", good, fail_first=1, fail_status=503, retry_after="0")
+    m = tmp_path / "m.yaml"
+    m.write_text(f"version: 1\nassets:\n  - id: x\n    group: checkpoints\n    path: models/metro_release/x.bin\n"
+                 f"    kind: torch-checkpoint\n    size: null\n    sha256: null\n    sources: [{u409}, {uhtml}, {ugood}]\n")
+    root = tmp_path / "root"
+    r = run_cli("fetch", "x", "--root", root, "--manifest", m, "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    o = json.loads(r.stdout)["assets"][0]
+    assert o["status"] == "ok" and o["source"] == ugood and o["recorded"]
+    errors = {a["url"]: a for a in o["attempts"]}
+    assert "PublicAccessNotPermitted" in errors[u409]["error"] and errors[u409]["status"] == 409
+    assert "HTML" in errors[uhtml]["error"]
+    gets = lambda p: [x for x in fault_server.requests_for(p) if x.method == "GET"]
+    assert len(gets("/blob/ckpt.bin")) == 1                                 # 409 is never retried
+    assert len(gets("/good/ckpt.bin")) >= 2                                 # 503 is
+    assert (root / "models/metro_release/x.bin").read_bytes() == good

@@ -114,7 +114,7 @@ def _print_fetch(result, *, quiet: bool) -> None:
         console.table(None, ["asset", "action", "status", "size", "source"], rows)
     for o in result.outcomes:
         if o.status == "failed":
-            console.err(f"{o.id}: {o.message}" + (f" Next: {o.next_command}" if o.next_command and o.next_command not in o.message else ""))
+            console.err(f"{o.id}: {o.message}." + (f" Next: {o.next_command}" if o.next_command and o.next_command not in o.message else ""))
         elif o.status == "action-required" and not (o.optional and o.id not in result.explicit):
             console.err(f"action required: {o.message}")
     mb = result.bytes_downloaded / 2**20
