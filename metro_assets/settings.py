@@ -35,14 +35,7 @@ class Settings:
     stall_seconds: float = 30.0         # below stall_bytes_per_s for this long = stalled
     stall_bytes_per_s: int = 1024
     extra: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def lockfile(self) -> Path:
-        return self.root / LOCKFILE_NAME
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / STATE_DIR_NAME
+    # the lockfile and the state folder under root: Store(root).lockfile / .state_dir
 
 
 def _split_mirrors(value: str) -> Tuple[str, ...]:
