@@ -297,9 +297,8 @@ def _extract(asset, urls: List[str], store, settings, staging: Staging, *, progr
                 opened = _open(url, cp.offset if validator else 0, validator, settings)
             except SourceError as exc:
                 last_error = exc
-                if exc.retryable and attempt < settings.retries:
+                if _may_retry(exc, attempt, settings):
                     attempt += 1
-                    time.sleep(min(settings.backoff_max, settings.backoff_base * 2 ** attempt))
                     continue
                 break
             try:
@@ -355,9 +354,8 @@ def _extract(asset, urls: List[str], store, settings, staging: Staging, *, progr
                         progress.finish(key)
             except SourceError as exc:
                 last_error = exc
-                if exc.retryable and attempt < settings.retries:
+                if _may_retry(exc, attempt, settings):
                     attempt += 1
-                    time.sleep(min(settings.backoff_max, settings.backoff_base * 2 ** attempt))
                     continue
                 break
             except VerificationError:
@@ -383,6 +381,15 @@ def _extract(asset, urls: List[str], store, settings, staging: Staging, *, progr
     if isinstance(last_error, SourceError) and not isinstance(last_error, SourceDeadError):
         last_error.did = last_error.did or "What was extracted so far is kept and resumes on the next run"
     raise last_error
+
+
+def _may_retry(exc: SourceError, attempt: int, settings, *, wait: bool = True) -> bool:
+    """Whether to try again after ``exc`` (retryable, tries left); first waits the backoff of try ``attempt + 1``."""
+    if not (exc.retryable and attempt < settings.retries):
+        return False
+    if wait:
+        time.sleep(min(settings.backoff_max, settings.backoff_base * 2 ** (attempt + 1)))
+    return True
 
 
 def _open(url: str, offset: int, validator: Optional[str], settings):
@@ -416,9 +423,8 @@ def _download_archive(asset, urls: List[str], store, settings, *, progress, forc
                                      timeout=(settings.connect_timeout, settings.stall_seconds))
             except SourceError as exc:
                 last = exc
-                if exc.retryable and attempt < settings.retries:
+                if _may_retry(exc, attempt, settings):
                     attempt += 1
-                    time.sleep(min(settings.backoff_max, settings.backoff_base * 2 ** attempt))
                     continue
                 break
             try:
@@ -451,7 +457,7 @@ def _download_archive(asset, urls: List[str], store, settings, *, progress, forc
                     raise SourceError(f"the transfer from {url} stopped at byte {got} of {opened.total}", url=url, retryable=True)
             except SourceError as exc:
                 last = exc
-                if exc.retryable and attempt < settings.retries:
+                if _may_retry(exc, attempt, settings, wait=False):   # cut mid-transfer: resume at once
                     attempt += 1
                     continue
                 break
