@@ -702,21 +702,24 @@ class _Job:
             best.end = cuts[0]
             self.segments.sort(key=lambda s: s.start)
 
+    def _take_unowned(self) -> Optional[_Segment]:
+        """(self.lock held) The first unowned unfinished segment, now owned."""
+        for seg in self.segments:
+            if not seg.owned and seg.end is not None and seg.pos < seg.end:
+                seg.owned = True
+                return seg
+        return None
+
     def _claim_unowned(self) -> Optional[_Segment]:
         with self.lock:
-            for seg in self.segments:
-                if not seg.owned and seg.end is not None and seg.pos < seg.end:
-                    seg.owned = True
-                    return seg
-        return None
+            return self._take_unowned()
 
     def _next_segment(self) -> Optional[_Segment]:
         """An unowned unfinished segment, else half of the largest remaining one."""
         with self.lock:
-            for seg in self.segments:
-                if not seg.owned and seg.end is not None and seg.pos < seg.end:
-                    seg.owned = True
-                    return seg
+            seg = self._take_unowned()
+            if seg is not None:
+                return seg
             best = max((s for s in self.segments if s.end is not None), key=lambda s: s.end - s.pos, default=None)
             if best is None or best.end - best.pos < 2 * MIN_STEAL:
                 return None
