@@ -72,3 +72,379 @@ def status_error(url: str, status: int, body: bytes = b"", reason: str = "") -> 
     return SourceError(f"{url} {what}", url=url, status=status, retryable=retryable,
                        did="Gave up after retries" if retryable else "Did not retry",
                        next_command="check the URL, or use `--mirror BASE` or `metro-assets import <local copy>`")
+
+
+# --------------------------------------------------------------------------- the lean client
+#
+# ``requests`` costs ~85 ms to import and ~1 ms of CPU per request (prepare_request,
+# adapters, urllib3's pool); for 300 small files that is most of the run.  The engine
+# therefore talks ``http.client`` directly: keep-alive connections pooled per host and
+# shared by all threads, redirects followed by hand.  Anything unusual (a proxy from the
+# environment, credentials in the URL, a non-ASCII URL, a caller's own requests.Session)
+# goes through ``requests`` instead, which is imported only then.
+
+import http.client as _hc  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+from typing import Dict, List, Mapping, Tuple  # noqa: E402
+from urllib.parse import urljoin, urlsplit  # noqa: E402
+
+USER_AGENT = "metro-assets"
+MAX_REDIRECTS = 5
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+IDLE_PER_HOST = 32
+
+
+class TransportError(Exception):
+    """No HTTP answer: the connection failed, timed out or broke (always worth a retry)."""
+
+    def __init__(self, why: str, *, connect_timeout: bool = False, read_timeout: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+
+def net_errors() -> Tuple[type, ...]:
+    """Exceptions a body read can raise on a broken connection (requests' only once it is loaded)."""
+    errs: Tuple[type, ...] = (OSError, socket.timeout, _hc.HTTPException)
+    import sys
+
+    if "requests" in sys.modules:
+        import requests
+        import urllib3.exceptions
+
+        errs = errs + (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
+    return errs
+
+
+_PROXY_VARS = {"http": ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"),
+               "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
+
+
+def needs_requests(url: str) -> bool:
+    """True when the lean client should not handle ``url``: a proxy variable applies to its
+    scheme (requests applies it, and NO_PROXY), credentials in the URL, non-ASCII, odd scheme."""
+    try:
+        url.encode("ascii")
+    except UnicodeEncodeError:
+        return True
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" in parts.netloc or not parts.hostname:
+        return True
+    env = os.environ
+    return any(env.get(k) for k in _PROXY_VARS[parts.scheme])
+
+
+_ssl_ctx = None
+_ssl_lock = threading.Lock()
+
+
+def _ssl_context():
+    """The CA bundle requests would use: REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, else certifi."""
+    global _ssl_ctx
+    with _ssl_lock:
+        if _ssl_ctx is None:
+            import ssl
+
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if not bundle:
+                try:
+                    import certifi
+
+                    bundle = certifi.where()
+                except ImportError:
+                    bundle = None
+            if bundle and os.path.isdir(bundle):
+                _ssl_ctx = ssl.create_default_context(capath=bundle)
+            else:
+                _ssl_ctx = ssl.create_default_context(cafile=bundle)
+        return _ssl_ctx
+
+
+class _Pool:
+    """Idle keep-alive connections per (scheme, host, port), shared by all threads."""
+
+    def __init__(self) -> None:
+        self._idle: Dict[Tuple[str, str, int], List[_hc.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self.opened = 0     # connections opened (tests check keep-alive reuse)
+
+    def get(self, key) -> Tuple[_hc.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop(), True
+            self.opened += 1
+        scheme, host, port = key
+        if scheme == "https":
+            return _hc.HTTPSConnection(host, port, context=_ssl_context()), False
+        return _hc.HTTPConnection(host, port), False
+
+    def put(self, key, conn: _hc.HTTPConnection) -> None:
+        if conn.sock is None:
+            return
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < IDLE_PER_HOST:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for c in conns:
+            c.close()
+
+
+POOL = _Pool()
+
+
+class Response:
+    """One HTTP answer with its body unread.  ``fast_body()`` gives (file, length) for a
+    plain Content-Length body that can be read with ``readinto1``; else use ``readinto``."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    url: str
+
+    def fast_body(self):
+        return None
+
+    def readinto(self, view) -> int:
+        raise NotImplementedError
+
+    def read(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """The body was read to its end: keep the connection for the next request."""
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """From another thread: wake a reader blocked in recv."""
+
+
+class LeanResponse(Response):
+    def __init__(self, resp: _hc.HTTPResponse, conn: _hc.HTTPConnection, key, url: str) -> None:
+        self._r, self._conn, self._key, self.url = resp, conn, key, url
+        self.status, self.reason, self.headers = resp.status, resp.reason or "", resp.msg
+        self._sock = conn.sock
+
+    def fast_body(self):
+        r = self._r
+        if r.chunked or r.length is None or r.fp is None or not hasattr(r.fp, "readinto1"):
+            return None
+        return r.fp, r.length
+
+    def readinto(self, view) -> int:
+        return self._r.readinto(view)
+
+    def read(self, n: int) -> bytes:
+        return self._r.read(n)
+
+    def release(self) -> None:
+        r, conn = self._r, self._conn
+        self._conn = None
+        if conn is None:
+            return
+        try:
+            if not r.chunked:
+                r.length = 0
+            if r.read() or not r.isclosed() or r.will_close:
+                conn.close()
+                return
+        except Exception:
+            conn.close()
+            return
+        POOL.put(self._key, conn)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        with _suppress():
+            self._r.close()
+        if conn is not None:
+            conn.close()
+
+    def abort(self) -> None:
+        with _suppress():
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class RequestsResponse(Response):
+    """The same interface over a streamed ``requests.Response`` (proxies, caller sessions)."""
+
+    def __init__(self, resp) -> None:
+        self._r = resp
+        self.status, self.reason, self.headers, self.url = resp.status_code, resp.reason or "", resp.headers, resp.url
+
+    def fast_body(self):
+        hr = getattr(self._r.raw, "_fp", None)
+        if hr is None or getattr(hr, "chunked", True) or hr.length is None or not hasattr(getattr(hr, "fp", None), "readinto1"):
+            return None
+        return hr.fp, hr.length
+
+    def readinto(self, view) -> int:
+        return self._r.raw.readinto(view)
+
+    def read(self, n: int) -> bytes:
+        return self._r.raw.read(n, decode_content=True) or b""
+
+    def release(self) -> None:
+        try:
+            hr = self._r.raw._fp
+            if not hr.chunked:
+                hr.length = 0
+            hr.read()                   # marks the http.client response complete
+            self._r.raw.release_conn()  # back to urllib3's pool
+        except Exception:
+            self._r.close()
+
+    def close(self) -> None:
+        self._r.close()
+
+    def abort(self) -> None:
+        with _suppress():
+            self._r.raw._connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return exc[0] is not None and issubclass(exc[0], Exception)
+
+
+_STALE = (_hc.RemoteDisconnected, _hc.BadStatusLine, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def _lean_once(url: str, headers: Mapping[str, str], timeout: Tuple[float, float]) -> LeanResponse:
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    port = parts.port or (443 if scheme == "https" else 80)
+    key = (scheme, parts.hostname, port)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    for attempt in (0, 1):
+        conn, reused = POOL.get(key)
+        try:
+            if conn.sock is None:
+                conn.timeout = timeout[0]
+                try:
+                    conn.connect()
+                except (socket.timeout, TimeoutError) as exc:
+                    conn.close()
+                    raise TransportError(f"connect timeout: {exc}", connect_timeout=True) from None
+            conn.sock.settimeout(timeout[1])
+            conn.putrequest("GET", target, skip_accept_encoding=True)
+            conn.putheader("User-Agent", USER_AGENT)
+            for k, v in headers.items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            resp = conn.getresponse()
+        except TransportError:
+            raise
+        except _STALE as exc:
+            conn.close()
+            if reused and attempt == 0:
+                continue  # the server closed an idle keep-alive connection: once more on a new one
+            raise TransportError(f"connection error: {exc!r}") from None
+        except (socket.timeout, TimeoutError) as exc:
+            conn.close()
+            raise TransportError(f"no answer for {timeout[1]:g} s: {exc}", read_timeout=True) from None
+        except (OSError, _hc.HTTPException) as exc:
+            conn.close()
+            raise TransportError(f"connection error: {exc!r}") from None
+        return LeanResponse(resp, conn, key, url)
+    raise AssertionError("unreachable")
+
+
+def _requests_get(url: str, headers: Mapping[str, str], timeout: Tuple[float, float], session) -> RequestsResponse:
+    import requests
+
+    try:
+        kw = {} if session is not None else _env_kwargs(url)
+        resp = (session or _thread_session()).get(url, headers=dict(headers), stream=True, timeout=timeout, **kw)
+    except requests.exceptions.ConnectTimeout as exc:
+        raise TransportError(f"connect timeout: {exc}", connect_timeout=True) from None
+    except requests.exceptions.Timeout as exc:
+        raise TransportError(f"no answer for {timeout[1]:g} s: {exc}", read_timeout=True) from None
+    except requests.exceptions.TooManyRedirects as exc:
+        raise SourceError(f"{url} redirects too often: {exc}", url=url, retryable=False, did="Did not retry") from None
+    except net_errors() as exc:
+        raise TransportError(f"connection error: {exc}") from None
+    return RequestsResponse(resp)
+
+
+def open_get(url: str, headers: Mapping[str, str], *, timeout: Tuple[float, float], session=None) -> Response:
+    """GET ``url`` with ``headers`` (body unread), following up to MAX_REDIRECTS redirects.
+
+    Raises TransportError when no answer came; any HTTP status is returned."""
+    if session is not None or needs_requests(url):
+        return _requests_get(url, headers, timeout, session)
+    here = url
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = _lean_once(here, headers, timeout)
+        loc = resp.headers.get("Location")
+        if resp.status not in REDIRECT_STATUS or not loc:
+            return resp
+        # drain a small redirect body so the connection is reused; else drop it
+        length = resp._r.length
+        if length is not None and length <= 64 * 1024:
+            try:
+                resp._r.read()
+                resp.release()
+            except Exception:
+                resp.close()
+        else:
+            resp.close()
+        here = urljoin(here, loc)
+        if needs_requests(here):
+            return _requests_get(here, headers, timeout, None)
+    raise SourceError(f"{url} redirects more than {MAX_REDIRECTS} times", url=url, retryable=False,
+                      did="Did not retry", next_command="check the URL, or use `--mirror BASE`")
+
+
+# requests' side: one pooled session per thread, environment applied once per host.
+
+_local = threading.local()
+_env_cache: dict = {}
+
+
+def _thread_session():
+    """``trust_env`` is off because requests would rescan the environment for proxies on
+    every request; :func:`_env_kwargs` applies the same proxy and CA-bundle variables."""
+    s = getattr(_local, "session", None)
+    if s is None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        s = requests.Session()
+        s.trust_env = False
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
+        s.mount("http://", adapter)
+        s.mount("https://", adapter)
+        _local.session = s
+    return s
+
+
+def _env_kwargs(url: str) -> dict:
+    import requests
+
+    parts = urlsplit(url)
+    key = (parts[:2], tuple(os.environ.get(k) for k in _PROXY_VARS.get(parts.scheme, ()) + ("no_proxy", "NO_PROXY")))
+    kw = _env_cache.get(key)
+    if kw is None:
+        kw = {"proxies": requests.utils.get_environ_proxies(url)}
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            kw["verify"] = bundle
+        _env_cache[key] = kw
+    return kw

@@ -5,10 +5,14 @@ caller chose, see ``Store.part_path``) and returns a :class:`TransferResult`.  I
 never renames into a final path: the caller does that after its own checks.
 
 How it is fast
-    The socket is read with ``readinto1`` into 1 MiB buffers (no per-chunk bytes
-    objects), written with ``os.pwrite`` and handed to a hashing thread (hashlib
-    drops the GIL), so receiving, writing and hashing overlap.  Writeback is
-    started every 32 MiB (``sync_file_range``) so the final ``fdatasync`` is short.
+    Requests go out on ``http.client`` keep-alive connections pooled per host
+    (:mod:`metro_assets.http`; ``requests`` is imported only for proxies or a
+    caller's session).  The socket is read with ``readinto1`` into 1 MiB buffers
+    (no per-chunk bytes objects), written with ``os.pwrite`` and handed to a
+    hashing thread (hashlib drops the GIL), so receiving, writing and hashing
+    overlap.  Writeback is started every 8 MiB (``sync_file_range``) so the final
+    ``fdatasync`` is short.  A small file (<= 2 MiB) runs inline in the caller's
+    thread: no threads, no resume sidecar.
 
 How it survives
     Progress is kept in a sidecar JSON (``state``): URL, validator (ETag or
@@ -17,16 +21,20 @@ How it survives
     file changed) restarts cleanly from byte 0.  Connection errors, timeouts,
     408/429/5xx are retried with backoff and jitter (Retry-After honoured), and
     the failure count resets whenever bytes arrive, so a link that drops every
-    64 MiB still completes.  401/403/404/409/410 are never retried.
+    64 MiB still completes; after a cut that made progress it reconnects at
+    once.  401/403/404/409/410 are never retried.
 
 How it scales
-    With Range support the file is preallocated and split into segments, one per
-    connection; a connection that finishes early steals half of the largest
-    remaining segment.  The hashing thread follows the contiguous prefix (from
-    the buffers when it is in front, else from the page cache), so verification
-    ends when the last byte lands.  In automatic mode a download starts on one
-    connection and opens more only when one connection is slow (a per-connection
-    cap).  :class:`ConnectionBudget` caps connections across parallel downloads.
+    With Range support the file is preallocated and handed out in file order in
+    pieces (about four per connection); at the tail an idle connection steals
+    half of the largest remaining piece, so all connections finish together.
+    The hashing thread follows the contiguous prefix (from the buffers when it
+    is in front, else from the page cache), so verification ends shortly after
+    the last byte lands.  In automatic mode a file of 32 MiB or more opens 8
+    connections as soon as the first answer shows Range support, and 16 when
+    each of them is capped (network-bound, slower than 150 MiB/s each and
+    below 400 MiB/s together).  :class:`ConnectionBudget` caps connections
+    across parallel downloads.
 """
 from __future__ import annotations
 
@@ -43,11 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from metro_assets.errors import SourceError, StalledError, StructuralError, VerificationError
-from metro_assets.http import NEVER_RETRY_STATUS, RETRYABLE_STATUS, backoff_delay, retry_after_seconds, status_error
+from metro_assets.http import (RETRYABLE_STATUS, Response, TransportError, backoff_delay, net_errors, open_get,
+                               retry_after_seconds, status_error)
 from metro_assets.settings import Settings
 from metro_assets.store import atomic_write_json, read_json
 
@@ -60,10 +66,14 @@ WRITEBACK_EVERY = 8 << 20       # start kernel writeback after this many new byt
 STATE_EVERY_S = 1.0             # how often the resume sidecar is rewritten
 STATE_MIN_SIZE = 1 << 20        # smaller downloads are not worth a sidecar while they run
 AUTO_SEGMENTED_MIN = 32 << 20   # automatic mode: below this, one connection
-AUTO_MAX_CONNECTIONS = 8
+AUTO_START_CONNECTIONS = 8      # automatic mode, big file with Range: this many at once
+AUTO_MAX_CONNECTIONS = 16       # ... and up to this many when each connection is capped
 SLOW_CONNECTION_BPS = 150 << 20  # automatic mode: slower than this per connection = add connections
-MIN_SEGMENT = 1 << 20           # explicit N connections: never split below this
-MIN_STEAL = 4 << 20             # a steal leaves both halves at least this big
+GROW_BELOW_BPS = 400 << 20      # ... unless all of them together already move this much
+MIN_SEGMENT = 1 << 20           # never split below this (the smallest piece)
+MAX_PIECE = 64 << 20            # work is handed out in file order in pieces of at most this
+PIECES_PER_CONNECTION = 4       # ... sized so each connection takes about this many
+MIN_STEAL = 1 << 20             # a steal at the tail leaves both halves at least this big
 SNIFF_BYTES = 4096
 INLINE_MAX = 2 << 20            # at most this much left on one connection: no threads at all
 STALL_RETRIES = 2               # a stall is retried this many times, then StalledError
@@ -119,44 +129,6 @@ class ConnectionBudget:
 
 # --------------------------------------------------------------------------- plumbing
 
-_local = threading.local()
-
-
-def _thread_session() -> requests.Session:
-    """One pooled session per thread: keep-alive across files, no shared state between threads.
-
-    ``trust_env`` is off because requests would rescan the environment for proxies on
-    every request (~0.6 ms, a third of a small file's cost); :func:`_env_kwargs`
-    applies the same proxy and CA-bundle variables once per host instead.
-    """
-    s = getattr(_local, "session", None)
-    if s is None:
-        s = requests.Session()
-        s.trust_env = False
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
-        s.mount("http://", adapter)
-        s.mount("https://", adapter)
-        _local.session = s
-    return s
-
-
-_env_cache: dict = {}
-
-
-def _env_kwargs(url: str) -> dict:
-    from urllib.parse import urlsplit
-
-    key = urlsplit(url)[:2]
-    kw = _env_cache.get(key)
-    if kw is None:
-        kw = {"proxies": requests.utils.get_environ_proxies(url)}
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if bundle:
-            kw["verify"] = bundle
-        _env_cache[key] = kw
-    return kw
-
-
 def _load_sync_file_range():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -198,17 +170,6 @@ class _Restart(Exception):
 
 
 class _Cancelled(Exception):
-    pass
-
-
-_NET_ERRORS: Tuple[type, ...] = (requests.exceptions.RequestException, OSError, socket.timeout)
-try:  # urllib3/http.client errors that can escape a raw read
-    import http.client as _hc
-
-    import urllib3.exceptions as _u3e
-
-    _NET_ERRORS = _NET_ERRORS + (_u3e.HTTPError, _hc.HTTPException)
-except ImportError:  # pragma: no cover
     pass
 
 
@@ -343,7 +304,7 @@ class _InlineHasher:
 class _Job:
     def __init__(self, url: str, part: Path, state: Path, settings: Settings, *,
                  expected_size: Optional[int], connections: Optional[int], budget: Optional[ConnectionBudget],
-                 sniff, progress, session: Optional[requests.Session]) -> None:
+                 sniff, progress, session: Optional[object]) -> None:
         self.url = url
         self.part = part
         self.state_path = state
@@ -370,35 +331,27 @@ class _Job:
         self.fd = -1
         self.hasher: Optional[_Hasher] = None
 
-    # -- sessions and requests
-    def _session(self) -> requests.Session:
-        return self.session if self.session is not None else _thread_session()
-
+    # -- requests
     def _timeout(self) -> Tuple[float, float]:
         return (self.settings.connect_timeout, max(0.1, float(self.settings.stall_seconds)))
 
     def request(self, start: int, end: Optional[int], *, validate: bool = True,
-                ranged: bool = True) -> requests.Response:
+                ranged: bool = True) -> Response:
         headers = {"Accept-Encoding": "identity"}
         if ranged:
             headers["Range"] = f"bytes={start}-" + (str(end - 1) if end is not None else "")
         if validate and self.validator:
             headers["If-Range"] = self.validator
         try:
-            extra = {} if self.session is not None else _env_kwargs(self.url)
-            resp = self._session().get(self.url, headers=headers, stream=True, timeout=self._timeout(), **extra)
-        except requests.exceptions.ConnectTimeout as exc:
-            raise _Retry(f"connect timeout: {exc}") from None
-        except requests.exceptions.Timeout as exc:
-            raise _Retry(f"no answer for {self.settings.stall_seconds:g} s: {exc}", stall=True) from None
-        except _NET_ERRORS as exc:
-            raise _Retry(f"connection error: {exc}") from None
-        status = resp.status_code
+            resp = open_get(self.url, headers, timeout=self._timeout(), session=self.session)
+        except TransportError as exc:
+            raise _Retry(exc.why, stall=exc.read_timeout) from None
+        status = resp.status
         if status in (200, 206):
             return resp
         body = b""
         with contextlib.suppress(Exception):
-            body = resp.raw.read(64 * 1024, decode_content=True) or b""
+            body = resp.read(64 * 1024) or b""
         resp.close()
         if status in RETRYABLE_STATUS:
             raise _Retry(f"HTTP {status}", status=status, retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
@@ -470,7 +423,7 @@ class _Job:
         self.range_ok = False
         self.sniffed = self.sniff is None
         resuming = (not fresh) and self.part.exists() and self.load_state()
-        first: Optional[requests.Response] = None
+        first: Optional[Response] = None
         first_seg: Optional[_Segment] = None
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT | (0 if resuming else os.O_TRUNC), 0o644)
         try:
@@ -486,7 +439,7 @@ class _Job:
                 first_seg = next((s for s in self.segments if s.end is None or s.pos < s.end), None)
                 if first_seg is not None:
                     first = self._first_response(lambda: self.request(first_seg.pos, first_seg.end))
-                    if first.status_code != 206 or not self._range_matches(first, first_seg.pos):
+                    if first.status != 206 or not self._range_matches(first, first_seg.pos):
                         first.close()
                         raise _Restart("validator changed or Range ignored")
                 self.resumed_bytes = sum(s.done for s in self.segments)
@@ -536,7 +489,7 @@ class _Job:
         finally:
             os.close(fd)
 
-    def _first_response(self, make) -> requests.Response:
+    def _first_response(self, make) -> Response:
         """The first request of an attempt, retried like any other."""
         failures = 0
         while True:
@@ -545,26 +498,26 @@ class _Job:
             except _Retry as r:
                 failures = self._after_failure(r, failures, progressed=False)
 
-    def _learn(self, resp: requests.Response) -> None:
+    def _learn(self, resp: Response) -> None:
         """Validator, size and Range support from the answer to ``Range: bytes=0-``."""
         self.etag = resp.headers.get("ETag")
         self.last_modified = resp.headers.get("Last-Modified")
         total = None
-        if resp.status_code == 206:
+        if resp.status == 206:
             cr = _content_range(resp.headers.get("Content-Range"))
             if cr is not None and cr[0] == 0:
                 total = cr[2]
                 self.range_ok = True
         if total is None:
             cl = resp.headers.get("Content-Length")
-            total = int(cl) if cl and cl.isdigit() and resp.status_code == 200 else None
-            self.range_ok = resp.status_code == 206 or resp.headers.get("Accept-Ranges", "").lower() == "bytes"
-            if resp.status_code == 200:
+            total = int(cl) if cl and cl.isdigit() and resp.status == 200 else None
+            self.range_ok = resp.status == 206 or resp.headers.get("Accept-Ranges", "").lower() == "bytes"
+            if resp.status == 200:
                 self.range_ok = False  # this stream is the whole body; segments would need a new request
         self.total = total
         self.segments = [_Segment(0, total, owned=True)]
 
-    def _range_matches(self, resp: requests.Response, pos: int) -> bool:
+    def _range_matches(self, resp: Response, pos: int) -> bool:
         cr = _content_range(resp.headers.get("Content-Range"))
         if cr is None or cr[0] != pos:
             return False
@@ -575,14 +528,16 @@ class _Job:
 
     # -- workers
     def _connections_target(self) -> Tuple[int, bool]:
-        """(connections to open now, automatic?)"""
+        """(connections to open now, may grow?)"""
         if not self.range_ok or not self.total:
             return 1, False
         if self.want_connections:
             return max(1, min(self.want_connections, -(-self.total // MIN_SEGMENT))), False
-        return 1, self.total >= AUTO_SEGMENTED_MIN
+        if self.total >= AUTO_SEGMENTED_MIN:
+            return AUTO_START_CONNECTIONS, True
+        return 1, False
 
-    def _transfer(self, fd: int, hasher: _Hasher, first: Optional[requests.Response], first_seg: Optional[_Segment]) -> None:
+    def _transfer(self, fd: int, hasher: _Hasher, first: Optional[Response], first_seg: Optional[_Segment]) -> None:
         if first_seg is None:
             return
         self.fd = fd
@@ -590,18 +545,22 @@ class _Job:
         target, auto = self._connections_target()
         if self.resumed_bytes:
             unfinished = sum(1 for s in self.segments if s.end is None or s.pos < s.end)
-            cap = self.want_connections or AUTO_MAX_CONNECTIONS
+            cap = self.want_connections or AUTO_START_CONNECTIONS
             target = max(target, min(unfinished, cap))
-        if target > 1 and not self.resumed_bytes and len(self.segments) == 1:
-            seg = self.segments[0]
-            step = -(-self.total // target)
-            self.segments = [_Segment(i, min(i + step, self.total)) for i in range(0, self.total, step)]
-            first_seg = self.segments[0]
+        # Work goes out in file order, in pieces, so the contiguous prefix (and the hash)
+        # follows the downloads closely; idle connections steal half a piece at the tail.
+        if target > 1 and self.total:
+            piece = self.total // (target * PIECES_PER_CONNECTION)
+            self.piece = max(MIN_SEGMENT, min(MAX_PIECE, piece - piece % (64 * 1024)))
+            with self.lock:
+                self._carve(first_seg)
+        else:
+            self.piece = None
         first_seg.owned = True
         threads: List[threading.Thread] = []
         holding = 0  # extra connections taken from the budget (the first one is download()'s)
 
-        def spawn(seg: Optional[_Segment], resp: Optional[requests.Response]) -> None:
+        def spawn(seg: Optional[_Segment], resp: Optional[Response]) -> None:
             t = threading.Thread(target=self._worker, args=(seg, resp), name="metro-conn", daemon=True)
             with self.lock:
                 self.active += 1
@@ -619,7 +578,7 @@ class _Job:
         try:
             spawn(first_seg, first)
             extra_wanted = target - 1
-            t0 = last_state = last_check = time.monotonic()
+            last_state = last_check = time.monotonic()
             bytes_at_check, recv_at_check = 0, 0.0
             want_state = self.total is None or self.total >= STATE_MIN_SIZE
             if want_state and self.validator and self.range_ok:
@@ -627,17 +586,21 @@ class _Job:
             while True:
                 if extra_wanted > 0 and self.sniffed:
                     got = extra_wanted if self.budget is None else self.budget.try_acquire(extra_wanted)
-                    self._split_largest(got)
-                    for _ in range(got):
-                        spawn(self._claim_unowned(), None)
-                    extra_wanted -= got
                     holding += got
+                    extra_wanted = 0
+                    for _ in range(got):
+                        seg = self._next_segment()
+                        if seg is None:
+                            break
+                        spawn(seg, None)
+                    # judge the new connections from now on
+                    last_check, bytes_at_check, recv_at_check = time.monotonic(), self.new_bytes, self.recv_s
                 if not any(t.is_alive() for t in threads) or self.cancel.is_set():
                     break
                 self.wake.wait(0.05)
                 self.wake.clear()
                 now = time.monotonic()
-                if auto and self.sniffed and now - last_check >= (0.15 if bytes_at_check == 0 else 0.3):
+                if auto and self.sniffed and now - last_check >= 0.15:
                     rate = (self.new_bytes - bytes_at_check) / (now - last_check)
                     with self.lock:
                         active = self.active
@@ -646,8 +609,8 @@ class _Job:
                     # that waits on the disk or the hasher would just compete for them.
                     net_bound = (self.recv_s - recv_at_check) / max(1e-6, (now - last_check) * max(1, active)) > 0.6
                     bytes_at_check, recv_at_check, last_check = self.new_bytes, self.recv_s, now
-                    if active and net_bound and rate / active < SLOW_CONNECTION_BPS and left >= 2 * MIN_STEAL \
-                            and active < AUTO_MAX_CONNECTIONS:
+                    if active and net_bound and rate / active < SLOW_CONNECTION_BPS and rate < GROW_BELOW_BPS \
+                            and left >= 2 * MIN_STEAL and active < AUTO_MAX_CONNECTIONS:
                         extra_wanted = AUTO_MAX_CONNECTIONS - active
                         auto = False
                 if want_state and self.validator and self.range_ok and now - last_state >= STATE_EVERY_S:
@@ -678,48 +641,25 @@ class _Job:
         with self.lock:
             streams = list(self.streams)
         for resp in streams:
-            with contextlib.suppress(Exception):
-                resp.raw._connection.sock.shutdown(socket.SHUT_RDWR)
+            resp.abort()
 
-    def _split_largest(self, k: int) -> None:
-        """Cut the largest remaining segment into k+1 equal parts for k new connections
-        (halving repeatedly would leave one part twice as long as the rest)."""
-        with self.lock:
-            if any(not s.owned and s.end is not None and s.pos < s.end for s in self.segments):
-                return  # unowned work exists already (resume, explicit N)
-            best = max((s for s in self.segments if s.end is not None), key=lambda s: s.end - s.pos, default=None)
-            if best is None:
-                return
-            left = best.end - best.pos
-            k = min(k, left // MIN_STEAL - 1)
-            if k < 1:
-                return
-            step = left // (k + 1)
-            step -= step % (64 * 1024)
-            cuts = [best.pos + step * i for i in range(1, k + 1)] + [best.end]
-            for a, b in zip(cuts, cuts[1:]):
-                self.segments.append(_Segment(a, b))
-            best.end = cuts[0]
+    def _carve(self, seg: _Segment) -> _Segment:
+        """Under the lock: cut ``seg`` to one piece; the rest becomes a new unowned segment."""
+        piece = self.piece
+        if piece and seg.end is not None and seg.end - seg.pos > piece + piece // 2:
+            cut = seg.pos + piece
+            self.segments.append(_Segment(cut, seg.end))
+            seg.end = cut
             self.segments.sort(key=lambda s: s.start)
-
-    def _take_unowned(self) -> Optional[_Segment]:
-        """(self.lock held) The first unowned unfinished segment, now owned."""
-        for seg in self.segments:
-            if not seg.owned and seg.end is not None and seg.pos < seg.end:
-                seg.owned = True
-                return seg
-        return None
-
-    def _claim_unowned(self) -> Optional[_Segment]:
-        with self.lock:
-            return self._take_unowned()
+        return seg
 
     def _next_segment(self) -> Optional[_Segment]:
-        """An unowned unfinished segment, else half of the largest remaining one."""
+        """The next piece in file order, else half of the largest remaining one (the tail)."""
         with self.lock:
-            seg = self._take_unowned()
-            if seg is not None:
-                return seg
+            for seg in self.segments:
+                if not seg.owned and seg.end is not None and seg.pos < seg.end:
+                    seg.owned = True
+                    return self._carve(seg)
             best = max((s for s in self.segments if s.end is not None), key=lambda s: s.end - s.pos, default=None)
             if best is None or best.end - best.pos < 2 * MIN_STEAL:
                 return None
@@ -731,7 +671,7 @@ class _Job:
             self.segments.sort(key=lambda s: s.start)
             return new
 
-    def _worker(self, seg: Optional[_Segment], resp: Optional[requests.Response]) -> None:
+    def _worker(self, seg: Optional[_Segment], resp: Optional[Response]) -> None:
         size = BUF_SIZE if self.total is None else max(1, min(BUF_SIZE, self.total))
         free = _BufferPool(size, BUFS_PER_CONNECTION)
         counted = False
@@ -776,11 +716,13 @@ class _Job:
             raise SourceError(f"{self.url} failed {failures} times in a row: {r.why}", url=self.url, retryable=True,
                               did="Kept the partial download for resume",
                               next_command="run the same command again (it resumes), or use `--mirror BASE`") from None
+        if progressed and r.status is None:
+            return failures  # a cut after progress: reconnect at once, where the bytes stopped
         if self.cancel.wait(backoff_delay(failures, self.settings, r.retry_after)):
             raise _Cancelled()
         return failures
 
-    def _run_segment(self, seg: _Segment, resp: Optional[requests.Response], free) -> None:
+    def _run_segment(self, seg: _Segment, resp: Optional[Response], free) -> None:
         failures = 0
         while not self.cancel.is_set():
             end = seg.end
@@ -790,7 +732,7 @@ class _Job:
             try:
                 if resp is None:
                     resp = self.request(seg.pos, end)
-                    if resp.status_code != 206 or not self._range_matches(resp, seg.pos):
+                    if resp.status != 206 or not self._range_matches(resp, seg.pos):
                         resp.close()
                         if seg.pos == 0 and not self.range_ok and len(self.segments) == 1:
                             raise _Restart("restart from 0 on a server without Range")
@@ -814,14 +756,12 @@ class _Job:
                     raise _Restart("cut on a server without Range") from None
                 failures = self._after_failure(r, failures, progressed=seg.done > before)
 
-    def _stream(self, resp: requests.Response, seg: _Segment, free) -> bool:
+    def _stream(self, resp: Response, seg: _Segment, free) -> bool:
         """Copy the body into the part file until the segment ends; True at EOF."""
-        hr = getattr(resp.raw, "_fp", None)
-        fast = (hr is not None and not getattr(hr, "chunked", True) and hr.length is not None
-                and hasattr(getattr(hr, "fp", None), "readinto1"))
+        fb = resp.fast_body()
+        fast = fb is not None
         if fast:
-            fp = hr.fp
-            body_left = hr.length
+            fp, body_left = fb
         stall_s = float(self.settings.stall_seconds)
         min_bytes = self.settings.stall_bytes_per_s * stall_s
         win_t, win_bytes = time.monotonic(), 0
@@ -852,7 +792,7 @@ class _Job:
                         if fast:
                             n = fp.readinto1(view[filled:limit])
                         else:
-                            n = resp.raw.readinto(view[filled:limit])
+                            n = resp.readinto(view[filled:limit])
                         self.recv_s += time.perf_counter() - t_recv
                         if not n:
                             eof = True
@@ -872,22 +812,20 @@ class _Job:
                 except (socket.timeout, TimeoutError) as exc:
                     self._commit(seg, buf, filled, pos, free, eof=False)
                     raise _Retry(f"no bytes for {stall_s:g} s: {exc}", stall=True) from None
-                except _NET_ERRORS as exc:
+                except net_errors() as exc:
                     self._commit(seg, buf, filled, pos, free, eof=False)
                     raise _Retry(f"connection error: {exc}") from None
                 if fast:
                     body_left -= filled
                 self._commit(seg, buf, filled, pos, free, eof=eof or (fast and body_left == 0))
                 if eof:
+                    clean = not fast  # http.client saw the body's end (chunked, or until close)
                     return True
         finally:
             with self.lock:
                 self.streams.discard(resp)
             if clean:
-                with contextlib.suppress(Exception):
-                    hr.length = 0
-                    hr.read()            # marks the http.client response complete
-                    resp.raw.release_conn()  # back to the pool: keep-alive for the next file
+                resp.release()   # body complete: keep-alive for the next request
             else:
                 resp.close()
 
@@ -963,11 +901,11 @@ def download(url: str, part: Path, state: Path, *, settings: Settings,
              budget: Optional[ConnectionBudget] = None,
              sniff: Optional[Callable[[bytes], None]] = None,
              progress: Optional[Callable[[int], None]] = None,
-             session: Optional[requests.Session] = None) -> TransferResult:
+             session: Optional[object] = None) -> TransferResult:
     """Download ``url`` into ``part`` (resuming from ``state`` when it matches), hash and fsync it.
 
-    ``connections``: None = automatic (one connection; more when the file is big,
-    the server honours Range and one connection is slow).  ``sniff`` is called once
+    ``connections``: None = automatic (one connection; 8 at once when the file is
+    >= 32 MiB and the server honours Range, up to 16 when each is capped).  ``sniff`` is called once
     with the first >= 4096 bytes (or the whole body if smaller) before they are
     written; a StructuralError from it aborts.  ``progress`` gets byte increments
     (resumed bytes once, first).  Raises VerificationError on a size or sha256

@@ -307,3 +307,157 @@ def test_body_without_content_length(fault_server, paths, settings):
     url = fault_server.add("/m.bin", data, send_length=False, ignore_range=True)
     res = fetch(url, paths, settings)
     assert res.size == len(data) and paths[0].read_bytes() == data
+
+
+# ------------------------------------------------------------------ the lean http.client path
+
+
+class _Tiny:
+    """A small HTTP/1.1 server for what nginx is not set up to do here: redirects, chunked
+    bodies, acting as a forward proxy.  Records (path, headers) of every request."""
+
+    def __init__(self, routes):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                seen.append((self.path, dict(self.headers)))
+                status, headers, body, chunked = routes(self.path)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(0, len(body), 7000):
+                        part = body[i:i + 7000]
+                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_lean_path_follows_redirects_relative_and_to_another_host(nginx, paths, settings):
+    data = payload(3 << 20, seed=21)
+    target = nginx.put("redir.bin", data)
+
+    def routes(path):
+        if path == "/a":
+            return 302, {"Location": "/b"}, b"moved", False
+        if path == "/b":
+            return 301, {"Location": target}, b"", False
+        return 404, {}, b"", False
+
+    srv = _Tiny(routes)
+    try:
+        res = fetch(srv.url + "/a", paths, settings, expected_sha256=sha256_hex(data))
+        assert res.size == len(data) and paths[0].read_bytes() == data
+        assert [p for p, _ in srv.seen] == ["/a", "/b"]
+        assert srv.seen[0][1].get("Range") == "bytes=0-" and srv.seen[1][1].get("Range") == "bytes=0-"
+    finally:
+        srv.close()
+
+
+def test_lean_path_gives_up_on_a_redirect_loop(paths, settings):
+    srv = _Tiny(lambda path: (302, {"Location": "/loop"}, b"", False))
+    try:
+        with pytest.raises(SourceError) as ei:
+            fetch(srv.url + "/loop", paths, settings)
+        assert "redirects" in str(ei.value) and not ei.value.retryable
+        assert len(srv.seen) == 6  # the request and 5 redirects, once: not retried
+    finally:
+        srv.close()
+
+
+def test_lean_path_reads_chunked_bodies_and_reuses_the_connection(paths, settings, tmp_path):
+    from metro_assets import http as H
+
+    blobs = {f"/c{i}": payload(50_000 + i * 3000, seed=30 + i) for i in range(5)}
+    srv = _Tiny(lambda path: (200, {"ETag": '"x"'}, blobs[path], True))
+    try:
+        opened = H.POOL.opened
+        for i, (path, data) in enumerate(blobs.items()):
+            d = tmp_path / f"c{i}"
+            res = download(srv.url + path, d.with_suffix(".part"), d.with_suffix(".json"), settings=settings,
+                           expected_sha256=sha256_hex(data))
+            assert res.size == len(data) and d.with_suffix(".part").read_bytes() == data
+        assert H.POOL.opened - opened == 1  # one keep-alive connection for all five files
+    finally:
+        srv.close()
+
+
+def test_keep_alive_is_reused_across_files_on_nginx(nginx, tmp_path, settings):
+    from metro_assets import http as H
+
+    blobs = {f"k{i}.bin": payload(20_000 + i, seed=40 + i) for i in range(6)}
+    urls = {name: nginx.put(name, data) for name, data in blobs.items()}
+    opened = H.POOL.opened
+    for name, data in blobs.items():
+        d = tmp_path / name
+        res = download(urls[name], d.with_suffix(".part"), d.with_suffix(".json"), settings=settings,
+                       expected_sha256=sha256_hex(data))
+        assert res.sha256 == sha256_hex(data)
+    assert H.POOL.opened - opened <= 1
+
+
+def test_a_stale_keep_alive_connection_is_replaced_silently(nginx, tmp_path, settings):
+    from metro_assets import http as H
+
+    data = payload(30_000, seed=50)
+    url = nginx.put("stale.bin", data)
+    for i in range(2):
+        if i:  # the server forgot our idle connection: the next request must not fail
+            for idle in H.POOL._idle.values():
+                for c in idle:
+                    c.sock.shutdown(__import__("socket").SHUT_RDWR)
+        d = tmp_path / f"s{i}"
+        res = download(url, d.with_suffix(".part"), d.with_suffix(".json"), settings=settings)
+        assert res.sha256 == sha256_hex(data)
+
+
+def test_proxy_from_the_environment_goes_through_requests(paths, settings, monkeypatch):
+    from metro_assets import http as H
+
+    data = payload(40_000, seed=60)
+    proxy = _Tiny(lambda path: (200, {"ETag": '"p"'}, data, False))
+    try:
+        origin = "http://origin.invalid:8080/f.bin"
+        assert not H.needs_requests(origin)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert H.needs_requests(origin)
+        res = fetch(origin, paths, settings, expected_sha256=sha256_hex(data))
+        assert res.size == len(data)
+        assert proxy.seen and proxy.seen[0][0] == origin  # absolute-form: the proxy was asked
+    finally:
+        proxy.close()
+
+
+def test_big_download_in_automatic_mode_uses_several_connections(nginx, paths, settings, monkeypatch):
+    from metro_assets import transfer as T
+
+    monkeypatch.setattr(T, "AUTO_SEGMENTED_MIN", 4 << 20)
+    data = payload(12 << 20, seed=70)
+    url = nginx.put("auto.bin", data).replace(nginx.url, nginx.throttled_url)
+    res = fetch(url, paths, settings, expected_sha256=sha256_hex(data))
+    assert res.connections > 1 and paths[0].read_bytes() == data
+    ranges = [line for line in nginx.access_log() if "auto.bin" in line and " 206 " in line]
+    assert len(ranges) >= res.connections
