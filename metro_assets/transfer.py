@@ -653,13 +653,20 @@ class _Job:
             self.segments.sort(key=lambda s: s.start)
         return seg
 
+    def _take_unowned(self) -> Optional[_Segment]:
+        """(self.lock held) The first unowned unfinished segment, now owned."""
+        for seg in self.segments:
+            if not seg.owned and seg.end is not None and seg.pos < seg.end:
+                seg.owned = True
+                return seg
+        return None
+
     def _next_segment(self) -> Optional[_Segment]:
         """The next piece in file order, else half of the largest remaining one (the tail)."""
         with self.lock:
-            for seg in self.segments:
-                if not seg.owned and seg.end is not None and seg.pos < seg.end:
-                    seg.owned = True
-                    return self._carve(seg)
+            seg = self._take_unowned()
+            if seg is not None:
+                return self._carve(seg)
             best = max((s for s in self.segments if s.end is not None), key=lambda s: s.end - s.pos, default=None)
             if best is None or best.end - best.pos < 2 * MIN_STEAL:
                 return None
