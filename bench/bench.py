@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(1, str(REPO))  # tests/servers.py imports metro_assets
 from servers import NginxServer  # noqa: E402  (the same private nginx the tests use)
 
 PY = sys.executable

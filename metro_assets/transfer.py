@@ -31,7 +31,9 @@ How it scales
     The hashing thread follows the contiguous prefix (from the buffers when it
     is in front, else from the page cache), so verification ends shortly after
     the last byte lands.  In automatic mode a file of 32 MiB or more opens 8
-    connections as soon as the first answer shows Range support, and 16 when
+    connections as soon as the first answer shows Range support and its first
+    buffer came slower than 150 MiB/s (a faster one, as from a LAN mirror, is
+    left alone: more connections would only compete for the CPU), and 16 when
     each of them is capped (network-bound, slower than 150 MiB/s each and
     below 400 MiB/s together).  :class:`ConnectionBudget` caps connections
     across parallel downloads.
@@ -328,6 +330,8 @@ class _Job:
         self.recv_s = 0.0               # time readers spent waiting on sockets (growth heuristic)
         self.streams: set = set()
         self.wake = threading.Event()   # nudges the supervisor: sniff passed, a worker ended
+        self.t_first = 0.0              # when the first answer of a fresh download arrived
+        self.first_bps: Optional[float] = None  # how fast its first buffer filled
         self.fd = -1
         self.hasher: Optional[_Hasher] = None
 
@@ -449,6 +453,7 @@ class _Job:
             else:
                 try:
                     first = self._first_response(lambda: self.request(0, None, validate=False))
+                    self.t_first = time.monotonic()
                 except _Restart:  # 416 for "bytes=0-": an empty file; ask without Range
                     first = self._first_response(lambda: self.request(0, None, validate=False, ranged=False))
                 self._learn(first)
@@ -583,8 +588,19 @@ class _Job:
             want_state = self.total is None or self.total >= STATE_MIN_SIZE
             if want_state and self.validator and self.range_ok:
                 self.save_state()
+            # Automatic mode: a first connection that filled its first buffer faster than a
+            # capped one could (loopback, a LAN mirror) is left alone; measurement may add more.
+            judge_first = auto and not self.resumed_bytes and extra_wanted > 0
             while True:
-                if extra_wanted > 0 and self.sniffed:
+                if judge_first and self.sniffed:
+                    if self.first_bps is None and time.monotonic() - self.t_first < FLUSH_EVERY_S:
+                        self.wake.wait(0.01)
+                        continue
+                    judge_first = False
+                    if self.first_bps is not None and self.first_bps >= SLOW_CONNECTION_BPS:
+                        extra_wanted = 0
+                        last_check, bytes_at_check, recv_at_check = time.monotonic(), self.new_bytes, self.recv_s
+                if extra_wanted > 0 and self.sniffed and not judge_first:
                     got = extra_wanted if self.budget is None else self.budget.try_acquire(extra_wanted)
                     holding += got
                     extra_wanted = 0
@@ -841,6 +857,9 @@ class _Job:
             free.put(buf)
             return
         view = memoryview(buf)[:n]
+        if pos == 0 and self.first_bps is None and self.t_first:
+            self.first_bps = n / max(1e-6, time.monotonic() - self.t_first)
+            self.wake.set()
         if not self.sniffed and pos == 0:
             if n < SNIFF_BYTES and not eof:
                 free.put(buf)   # too little to judge: the retry fetches it again
