@@ -67,6 +67,11 @@ def sniff(kind: str, head: bytes, *, name: str = "download", total: Optional[int
             _fail(kind, "not a tar archive", "'ustar' magic at offset 257", repr(head[257:263]), name)
 
 
+# Kinds whose whole structural check is the sniff of the first bytes: a file that
+# passed ``sniff`` during its download needs no second look.
+SNIFF_ONLY_KINDS = ("binary", "body-model", "tar", "dataset")
+
+
 def check_file(path: Path, kind: str, *, name: Optional[str] = None) -> None:
     """Full structural check of a complete file.  Raises StructuralError."""
     name = name or Path(path).name

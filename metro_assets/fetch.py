@@ -10,6 +10,7 @@ a second process that loses the race finds a verified file and skips it.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -306,7 +307,7 @@ def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progres
                         log(_log_line(oc))
         finally:
             # Stamps are a cache: if we die before this, verify simply re-hashes.
-            store.put_stamps(counter.stamps)
+            store.commit_placed(counter.stamps)
     ordered = tuple(outcomes[it.asset.id] for it in p.items)
     return FetchResult(ordered, time.monotonic() - t0, counter.n, explicit)
 
@@ -352,9 +353,13 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
     part, state = store.part_path(dest), store.state_path(dest)
     t0 = time.monotonic()
     with store.asset_lock(a.id):
-        # Another process may have finished it while we waited for the lock.
-        entries = store.lock_entries()
-        st, needs_hash = inspect(a, store, stamps=store.load_stamps(), entries=entries)
+        # Another process may have finished it while we waited for the lock (or recorded
+        # its identity on first use): look again, reading only what this asset needs.
+        entries = store.lock_entries() if a.sha256 is None else {}
+        if os.path.lexists(dest):
+            st, needs_hash = inspect(a, store, stamps=store.load_stamps(), entries=entries)
+        else:
+            st, needs_hash = item.status, None
         if st.status == "ok" and needs_hash is not None:
             # placed by another process that has not written its stamps yet
             from metro_assets.hashing import sha256_file
@@ -366,7 +371,7 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
                 st = AssetStatus(**{**asdict(st), "got_sha256": got})
             else:
                 st = AssetStatus(**{**asdict(st), "status": "corrupt"})
-        if st.status == "ok" and needs_hash is None:
+        if st is not None and st.status == "ok" and needs_hash is None:
             return Outcome(a.id, a.path, "present", st.status, size=st.got_size, sha256=st.got_sha256,
                            message="placed by another process", optional=a.optional)
         ident = store.identity(a, entries)
@@ -401,7 +406,8 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
                         res = transfer.download(cand.url, part, state, settings=settings, expected_size=ident.size,
                                                 expected_sha256=ident.sha256, connections=connections,
                                                 budget=budget, sniff=sniff, progress=prog)
-                    checks.check_file(part, a.kind, name=a.path)
+                    if a.kind not in checks.SNIFF_ONLY_KINDS:
+                        checks.check_file(part, a.kind, name=a.path)
                 except (SourceError, VerificationError) as exc:
                     # StructuralError is a VerificationError: the bytes are not this asset
                     detail = exc.what + (f" (expected {exc.expected}, got {exc.got})" if exc.expected and exc.got else "")
@@ -419,7 +425,7 @@ def _execute(item: PlanItem, store: Store, settings: Settings, *, progress, coun
                     store.record(a.id, path=a.path, size=res.size, sha256=res.sha256, source=cand.url, how="tofu",
                                  etag=res.etag, last_modified=res.last_modified)
                     recorded = True
-                store.place(part, dest, res.sha256, stamp=False)
+                store.place(part, dest, res.sha256, batch=True)
                 counter.placed(dest, res.sha256)
                 state.unlink(missing_ok=True)
                 action = "resumed" if getattr(res, "resumed_bytes", 0) else "downloaded"

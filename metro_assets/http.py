@@ -326,7 +326,13 @@ class _suppress:
 _STALE = (_hc.RemoteDisconnected, _hc.BadStatusLine, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-def _lean_once(url: str, headers: Mapping[str, str], timeout: Tuple[float, float]) -> LeanResponse:
+def _is_cert_error(exc: BaseException) -> bool:
+    import ssl
+
+    return isinstance(exc, ssl.SSLCertVerificationError)
+
+
+def _lean_once(url: str, headers: Mapping[str, str], timeout: Tuple[float, float], method: str = "GET") -> LeanResponse:
     parts = urlsplit(url)
     scheme = parts.scheme
     port = parts.port or (443 if scheme == "https" else 80)
@@ -343,7 +349,7 @@ def _lean_once(url: str, headers: Mapping[str, str], timeout: Tuple[float, float
                     conn.close()
                     raise TransportError(f"connect timeout: {exc}", connect_timeout=True) from None
             conn.sock.settimeout(timeout[1])
-            conn.putrequest("GET", target, skip_accept_encoding=True)
+            conn.putrequest(method, target, skip_accept_encoding=True)
             conn.putheader("User-Agent", USER_AGENT)
             for k, v in headers.items():
                 conn.putheader(k, v)
@@ -361,21 +367,34 @@ def _lean_once(url: str, headers: Mapping[str, str], timeout: Tuple[float, float
             raise TransportError(f"no answer for {timeout[1]:g} s: {exc}", read_timeout=True) from None
         except (OSError, _hc.HTTPException) as exc:
             conn.close()
+            if _is_cert_error(exc):
+                raise SourceError(
+                    f"the TLS certificate of {parts.hostname} could not be verified ({exc})", url=url,
+                    retryable=False, did="Did not retry",
+                    next_command="if the server uses a private CA: export REQUESTS_CA_BUNDLE=/path/to/ca.pem") from None
             raise TransportError(f"connection error: {exc!r}") from None
         return LeanResponse(resp, conn, key, url)
     raise AssertionError("unreachable")
 
 
-def _requests_get(url: str, headers: Mapping[str, str], timeout: Tuple[float, float], session) -> RequestsResponse:
+def _requests_get(url: str, headers: Mapping[str, str], timeout: Tuple[float, float], session,
+                  method: str = "GET") -> RequestsResponse:
     import requests
 
     try:
         kw = {} if session is not None else _env_kwargs(url)
-        resp = (session or _thread_session()).get(url, headers=dict(headers), stream=True, timeout=timeout, **kw)
+        resp = (session or _thread_session()).request(method, url, headers=dict(headers), stream=True, timeout=timeout,
+                                                      allow_redirects=True, **kw)
     except requests.exceptions.ConnectTimeout as exc:
         raise TransportError(f"connect timeout: {exc}", connect_timeout=True) from None
     except requests.exceptions.Timeout as exc:
         raise TransportError(f"no answer for {timeout[1]:g} s: {exc}", read_timeout=True) from None
+    except requests.exceptions.SSLError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+            raise SourceError(f"the TLS certificate for {url} could not be verified ({exc})", url=url, retryable=False,
+                              did="Did not retry",
+                              next_command="if the server uses a private CA: export REQUESTS_CA_BUNDLE=/path/to/ca.pem") from None
+        raise TransportError(f"TLS error: {exc}") from None
     except requests.exceptions.TooManyRedirects as exc:
         raise SourceError(f"{url} redirects too often: {exc}", url=url, retryable=False, did="Did not retry") from None
     except net_errors() as exc:
@@ -383,15 +402,17 @@ def _requests_get(url: str, headers: Mapping[str, str], timeout: Tuple[float, fl
     return RequestsResponse(resp)
 
 
-def open_get(url: str, headers: Mapping[str, str], *, timeout: Tuple[float, float], session=None) -> Response:
-    """GET ``url`` with ``headers`` (body unread), following up to MAX_REDIRECTS redirects.
+def open_get(url: str, headers: Mapping[str, str], *, timeout: Tuple[float, float], session=None,
+             method: str = "GET") -> Response:
+    """GET (or ``method``, e.g. HEAD) ``url`` with ``headers`` (body unread), following up to
+    MAX_REDIRECTS redirects.
 
     Raises TransportError when no answer came; any HTTP status is returned."""
     if session is not None or needs_requests(url):
-        return _requests_get(url, headers, timeout, session)
+        return _requests_get(url, headers, timeout, session, method)
     here = url
     for _ in range(MAX_REDIRECTS + 1):
-        resp = _lean_once(here, headers, timeout)
+        resp = _lean_once(here, headers, timeout, method)
         loc = resp.headers.get("Location")
         if resp.status not in REDIRECT_STATUS or not loc:
             return resp
@@ -407,7 +428,7 @@ def open_get(url: str, headers: Mapping[str, str], *, timeout: Tuple[float, floa
             resp.close()
         here = urljoin(here, loc)
         if needs_requests(here):
-            return _requests_get(here, headers, timeout, None)
+            return _requests_get(here, headers, timeout, None, method)
     raise SourceError(f"{url} redirects more than {MAX_REDIRECTS} times", url=url, retryable=False,
                       did="Did not retry", next_command="check the URL, or use `--mirror BASE`")
 

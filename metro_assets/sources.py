@@ -104,20 +104,27 @@ def candidates(asset: Asset, settings: Settings) -> List[Candidate]:
 
 
 def probe_size(c: Candidate, *, timeout: float = 5.0) -> Optional[int]:
-    """The size a source would deliver (HEAD / stat), or None.  Never raises."""
+    """The size a source would deliver (stat for file://, HEAD for http), or None.
+
+    Never raises.  Uses the transfer engine's lean keep-alive client, so the
+    connection is reused by the download that follows."""
     try:
         if c.kind == "file":
             return file_path(c.url).stat().st_size
         if c.kind != "http":
             return None
-        import requests
+        from metro_assets.http import open_get
 
-        r = requests.head(c.url, allow_redirects=True, timeout=timeout)
-        if r.status_code == 200 and r.headers.get("Content-Length", "").isdigit():
-            return int(r.headers["Content-Length"])
+        r = open_get(c.url, {}, timeout=(timeout, timeout), method="HEAD")
+        try:
+            length = str(r.headers.get("Content-Length", ""))
+            ok = r.status == 200 and length.isdigit()
+            r.release()
+            return int(length) if ok else None
+        finally:
+            r.close()
     except Exception:
         return None
-    return None
 
 
 def file_path(url: str) -> Path:

@@ -247,13 +247,21 @@ class Store:
             return str(path)
 
     # ------------------------------------------------------------------ placing files
-    def place(self, tmp: Path, dest: Path, sha256: str, *, stamp: bool = True) -> None:
+    def place(self, tmp: Path, dest: Path, sha256: str, *, batch: bool = False) -> None:
         """Move a verified, fsynced temp file to its final path atomically and stamp it.
 
-        ``stamp=False`` leaves the stamp to the caller (fetch batches them: one
-        locked rewrite of stamps.json per run instead of one per file)."""
+        ``batch=True`` leaves the directory fsync and the stamp to the caller
+        (fetch does both once per run, directories first: a stamp never vouches
+        for a rename a crash could undo, and a lost rename only means the file
+        is fetched again)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        if stamp:
+        if not batch:
+            fsync_dir(dest.parent)
             self.put_stamps({dest: sha256})
+
+    def commit_placed(self, placed: Dict[Path, str]) -> None:
+        """Finish a batch of ``place(..., batch=True)``: fsync each directory once, then stamp."""
+        for d in {p.parent for p in placed}:
+            fsync_dir(d)
+        self.put_stamps(placed)

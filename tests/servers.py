@@ -81,7 +81,9 @@ class NginxServer:
     ``with NginxServer(docroot, throttle="2m") as srv: srv.url + "/file.bin"``
     """
 
-    def __init__(self, docroot: Path, *, throttle: str = "2m", workers: int = 1) -> None:
+    def __init__(self, docroot: Path, *, throttle: str = "2m", workers: int = 1, tls: bool = False) -> None:
+        self.tls = tls
+        self.ca_file: Optional[Path] = None    # with tls=True: the self-signed certificate to trust
         self.docroot = Path(docroot).absolute()
         self.throttle = throttle
         self.workers = workers
@@ -140,8 +142,9 @@ http {{
     uwsgi_temp_path {pre}/tmp/uwsgi;
     scgi_temp_path {pre}/tmp/scgi;
     server {{
-        listen {HOST}:{self.port};
+        listen {HOST}:{self.port}{" ssl" if self.tls else ""};
         server_name localhost;
+        {f"ssl_certificate {pre}/cert.pem; ssl_certificate_key {pre}/key.pem;" if self.tls else ""}
         location / {{ root {root}; }}
         location /throttled/ {{ alias {root}/; limit_rate {self.throttle}; sendfile_max_chunk 128k; }}
         location /norange/ {{ alias {root}/; max_ranges 0; }}
@@ -158,6 +161,12 @@ http {{
             os.chmod(self.docroot, 0o755)
         self._prefix = Path(tempfile.mkdtemp(prefix="metro-nginx-"))
         (self._prefix / "tmp").mkdir()
+        if self.tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-keyout", str(self._prefix / "key.pem"), "-out", str(self._prefix / "cert.pem"),
+                            "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}"],
+                           check=True, capture_output=True)
+            self.ca_file = self._prefix / "cert.pem"
         last_err = ""
         for _ in range(5):  # a free port can be taken between probe and bind: retry
             self.port = free_port()
@@ -176,7 +185,7 @@ http {{
                     break
                 try:
                     with socket.create_connection((HOST, self.port), timeout=0.2):
-                        self.url = f"http://{HOST}:{self.port}"
+                        self.url = f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
                         return self
                 except OSError:
                     time.sleep(0.02)

@@ -85,7 +85,7 @@ def test_four_concurrent_fetches_download_each_asset_once(served, tmp_path):
     for line in srv.access_log():
         parts = line.split()
         # "GET /path HTTP/1.1 status bytes ..."
-        if len(parts) >= 5 and parts[0] == "GET":
+        if len(parts) >= 5 and parts[0] == "GET":      # (HEAD probes of unknown sizes send no body)
             served_bytes[parts[1].lstrip("/")] += int(parts[4])
     for aid, data in tm.files.items():
         assert (root / tm.paths[aid]).read_bytes() == data
@@ -120,3 +120,36 @@ def test_sources_fall_through_409_html_and_wrong_bytes(tmp_path, fault_server):
     assert len(gets("/blob/ckpt.bin")) == 1                                 # 409 is never retried
     assert len(gets("/good/ckpt.bin")) >= 2                                 # 503 is
     assert (root / "models/metro_release/x.bin").read_bytes() == good
+
+
+def test_dry_run_probes_unknown_sizes_over_http(served, tmp_path):
+    tm, srv = served
+    r = run_cli("fetch", "tst", "--root", tmp_path / "root", "--manifest", tm.manifest, "--mirror", srv.url,
+                "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["unknown_sizes"] == 0
+    assert plan["bytes_needed"] == sum(len(d) for d in tm.files.values())
+    assert not (tmp_path / "root").exists()
+    assert any(l.startswith("HEAD ") for l in srv.access_log())
+
+
+def test_fetch_over_https_checks_the_certificate(tmp_path):
+    """HTTPS through the lean client: a trusted CA bundle works, an untrusted server is refused."""
+    skip_without_nginx()
+    tm = make_test_mirror(tmp_path, with_manual=False, big_n=2_000_000)
+    with NginxServer(tm.dir, tls=True) as srv:
+        assert srv.url.startswith("https://")
+        env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+        r = run_cli("fetch", "t-big", "t-npy", "--root", tmp_path / "untrusted", "--manifest", tm.manifest,
+                    "--mirror", srv.url, "--json", env=env)
+        assert r.returncode == 1
+        assert "certificate" in r.stdout.lower() or "ssl" in r.stdout.lower(), r.stdout
+        assert not (tmp_path / "untrusted" / tm.paths["t-npy"]).exists()
+        env["REQUESTS_CA_BUNDLE"] = str(srv.ca_file)
+        root = tmp_path / "root"
+        r = run_cli("fetch", "t-big", "t-npy", "--root", root, "--manifest", tm.manifest, "--mirror", srv.url,
+                    "--connections", "4", "--json", env=env)
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert (root / tm.paths["t-big"]).read_bytes() == tm.files["t-big"]
+        assert (root / tm.paths["t-npy"]).read_bytes() == tm.files["t-npy"]
