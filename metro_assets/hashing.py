@@ -45,5 +45,14 @@ def sha256_many(paths: Iterable[Path], *, workers: Optional[int] = None,
     workers = workers or max(1, min(len(paths), os.cpu_count() or 1))
     if workers == 1 or len(paths) <= 1:
         return {p: sha256_file(p, progress=progress) for p in paths}
+    # Largest first: a big file started last would leave the other cores idle at the end.
+    def size(p: Path) -> int:
+        try:
+            return os.stat(p).st_size
+        except OSError:
+            return 0
+
+    order = sorted(paths, key=size, reverse=True)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metro-hash") as ex:
-        return dict(zip(paths, ex.map(lambda p: sha256_file(p, progress=progress), paths)))
+        done = dict(zip(order, ex.map(lambda p: sha256_file(p, progress=progress), order)))
+    return {p: done[p] for p in paths}
