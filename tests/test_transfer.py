@@ -103,7 +103,8 @@ def test_segmented_download_beats_a_per_connection_cap(nginx, paths, settings):
     t0 = time.monotonic()
     res = fetch(url, paths, settings, connections=4, expected_sha256=sha256_hex(data))
     assert res.connections == 4 and paths[0].read_bytes() == data
-    assert time.monotonic() - t0 < 1.6
+    # one connection needs >= 3 s (6 MiB beyond the burst at 2 MiB/s); a generous bound, not a benchmark
+    assert time.monotonic() - t0 < 2.6
 
 
 def test_server_ignoring_range_restarts_cleanly_from_zero(nginx, paths, settings):
