@@ -367,6 +367,12 @@ def _lean_once(url: str, headers: Mapping[str, str], timeout: Tuple[float, float
             raise TransportError(f"no answer for {timeout[1]:g} s: {exc}", read_timeout=True) from None
         except (OSError, _hc.HTTPException) as exc:
             conn.close()
+            if isinstance(exc, socket.gaierror):
+                # No DNS answer: offline, or a typo in the host.  Retrying for half a minute helps neither.
+                raise SourceError(
+                    f"cannot resolve the host {parts.hostname!r} ({exc.strerror or exc}): no network, or a wrong URL",
+                    url=url, retryable=False, did="Did not retry",
+                    next_command="use a reachable --mirror BASE (a folder works: --mirror /path/to/mirror), or --offline") from None
             if _is_cert_error(exc):
                 raise SourceError(
                     f"the TLS certificate of {parts.hostname} could not be verified ({exc})", url=url,

@@ -153,3 +153,26 @@ def test_fetch_over_https_checks_the_certificate(tmp_path):
         assert r.returncode == 0, r.stderr + r.stdout
         assert (root / tm.paths["t-big"]).read_bytes() == tm.files["t-big"]
         assert (root / tm.paths["t-npy"]).read_bytes() == tm.files["t-npy"]
+
+
+def test_unresolvable_host_fails_at_once_with_a_next_step(tmp_path, monkeypatch):
+    """No DNS (offline machine): no half-minute of retries, and the message says what to do."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from metro_assets.cli import app
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    m = tmp_path / "m.yaml"
+    m.write_text("version: 1\nassets:\n  - id: x\n    group: support\n    path: metro/modeling/data/x.npy\n"
+                 "    kind: npy\n    size: null\n    sha256: null\n    sources: [http://mirror.example.test/x.npy]\n")
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["fetch", "x", "--root", str(tmp_path / "root"), "--manifest", str(m), "--json"])
+    assert r.exit_code == 1
+    o = json.loads(r.stdout)["assets"][0]
+    assert "cannot resolve the host 'mirror.example.test'" in o["message"] and "--mirror" in o["next_command"]
+    assert time.monotonic() - t0 < 5
