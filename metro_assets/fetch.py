@@ -300,16 +300,35 @@ def fetch(catalog: Catalog, names: Sequence[str], settings: Settings, *, progres
             outcomes[it.asset.id] = _static_outcome(it, settings.root)
     if work:
         try:
-            with ThreadPoolExecutor(max_workers=min(settings.jobs, len(work)), thread_name_prefix="metro-fetch") as ex:
+            ex = ThreadPoolExecutor(max_workers=min(settings.jobs, len(work)), thread_name_prefix="metro-fetch")
+            try:
                 for it, oc in zip(work, ex.map(run, work)):
                     outcomes[it.asset.id] = oc
                     if log:
                         log(_log_line(oc))
+            except KeyboardInterrupt:
+                # Ctrl-C: stop the transfers now (they keep their bytes and resume state),
+                # start nothing new, and wait only for the workers to notice.
+                _cancel_transfers()
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
+            ex.shutdown(wait=True)
         finally:
             # Stamps are a cache: if we die before this, verify simply re-hashes.
             store.commit_placed(counter.stamps)
     ordered = tuple(outcomes[it.asset.id] for it in p.items)
     return FetchResult(ordered, time.monotonic() - t0, counter.n, explicit)
+
+
+def _cancel_transfers() -> None:
+    import sys
+
+    http = sys.modules.get("metro_assets.http")
+    if http is not None:
+        http.SHUTDOWN.set()          # dataset streams stop at their next chunk
+    transfer = sys.modules.get("metro_assets.transfer")
+    if transfer is not None:
+        transfer.cancel_all()        # file downloads stop at once (blocked reads are woken)
 
 
 def _log_line(o: Outcome) -> str:

@@ -96,6 +96,10 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 IDLE_PER_HOST = 32
 
 
+# Set by Ctrl-C handling (transfer.cancel_all): every reader stops at its next chunk.
+SHUTDOWN = threading.Event()
+
+
 class TransportError(Exception):
     """No HTTP answer: the connection failed, timed out or broke (always worth a retry)."""
 

@@ -48,13 +48,14 @@ import os
 import queue
 import socket
 import threading
+import weakref
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from metro_assets.errors import SourceError, StalledError, StructuralError, VerificationError
-from metro_assets.http import (RETRYABLE_STATUS, Response, TransportError, backoff_delay, net_errors, open_get,
+from metro_assets.http import (SHUTDOWN, RETRYABLE_STATUS, Response, TransportError, backoff_delay, net_errors, open_get,
                                retry_after_seconds, status_error)
 from metro_assets.settings import Settings
 from metro_assets.store import atomic_write_json, read_json
@@ -173,6 +174,19 @@ class _Restart(Exception):
 
 class _Cancelled(Exception):
     pass
+
+
+# Ctrl-C: fetch calls cancel_all(); every live download stops at once, keeping its
+# partial bytes and resume state, and raises KeyboardInterrupt in its own thread.
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def cancel_all() -> None:
+    """Stop every running download promptly; partial downloads stay resumable."""
+    SHUTDOWN.set()
+    for job in list(_LIVE):
+        job.cancel.set()
+        job._abort_streams()
 
 
 class _BufferPool:
@@ -319,6 +333,7 @@ class _Job:
         self.session = session
         self.lock = threading.Lock()
         self.cancel = threading.Event()
+        _LIVE.add(self)
         self.errors: List[BaseException] = []
         self.stalls = 0
         self.peak_connections = 0
@@ -420,6 +435,8 @@ class _Job:
 
     def _attempt(self, fresh: bool) -> Tuple[int, str]:
         self.cancel = threading.Event()
+        if SHUTDOWN.is_set():
+            raise KeyboardInterrupt
         self.errors = []
         self.etag = self.last_modified = None
         self.total: Optional[int] = None
@@ -577,6 +594,8 @@ class _Job:
             self.connections_used = 0
             self.active = 1
             self._worker(first_seg, first)
+            if SHUTDOWN.is_set():
+                raise KeyboardInterrupt
             if self.errors:
                 raise self.errors[0]
             return
@@ -641,6 +660,8 @@ class _Job:
                 t.join()
             if self.budget is not None and holding:
                 self.budget.release(holding)
+        if SHUTDOWN.is_set():
+            raise KeyboardInterrupt  # _attempt keeps the bytes and writes the resume state
         if self.errors:
             errs = self.errors
             restart = next((e for e in errs if isinstance(e, _Restart)), None)

@@ -176,3 +176,29 @@ def test_unresolvable_host_fails_at_once_with_a_next_step(tmp_path, monkeypatch)
     o = json.loads(r.stdout)["assets"][0]
     assert "cannot resolve the host 'mirror.example.test'" in o["message"] and "--mirror" in o["next_command"]
     assert time.monotonic() - t0 < 5
+
+
+def test_ctrl_c_stops_at_once_and_the_next_run_resumes(served, tmp_path):
+    tm, srv = served
+    root = tmp_path / "root"
+    dest = root / tm.paths["t-big"]
+    part = dest.parent / f".{dest.name}.metro-part"
+    state = dest.parent / f".{dest.name}.metro-part.json"
+    proc = subprocess.Popen([sys.executable, "-m", "metro_assets", "fetch", "t-big", "--root", str(root), "--manifest",
+                             str(tm.manifest), "--mirror", srv.throttled_url, "--connections", "2", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size and state.exists()):
+        time.sleep(0.05)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=20)[1]
+    assert time.monotonic() - t0 < 5, "Ctrl-C waited for the download to finish"
+    assert proc.returncode == 130 and "resume" in err
+    assert not dest.exists() and part.exists() and state.exists()
+    r = run_cli("fetch", "t-big", "--root", root, "--manifest", tm.manifest, "--mirror", srv.throttled_url,
+                "--connections", "4", "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert json.loads(r.stdout)["assets"][0]["action"] == "resumed"
+    assert dest.read_bytes() == tm.files["t-big"]

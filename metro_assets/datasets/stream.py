@@ -103,32 +103,31 @@ def open_source(url: str, *, offset: int = 0, validator: Optional[str] = None, a
 
         return Opened(f.read, f.close, start, st.st_size, local_tag=tag,
                       last_modified=email.utils.formatdate(st.st_mtime, usegmt=True))
-    import requests
+    from metro_assets.http import SHUTDOWN, TransportError, open_get, status_error
 
-    sess = session or requests.Session()
     headers = {"Accept-Encoding": "identity"}
     if offset and (validator or any_version):
         headers["Range"] = f"bytes={offset}-"
         if validator:
             headers["If-Range"] = validator
     try:
-        r = sess.get(url, headers=headers, stream=True, timeout=timeout)
-    except requests.RequestException as exc:
-        raise SourceError(f"cannot reach {url}: {exc.__class__.__name__}", url=url, retryable=True) from None
-    if r.status_code in (409, 410):
+        r = open_get(url, headers, timeout=timeout, session=session)
+    except TransportError as exc:
+        raise SourceError(f"cannot reach {url}: {exc.why}", url=url, retryable=True) from None
+    if r.status not in (200, 206):
+        try:
+            body = r.read(4096) if r.status in (409, 410) else b""
+        except Exception:
+            body = b""
         r.close()
-        raise SourceDeadError(f"{url} answered {r.status_code}: the source is gone", url=url, status=r.status_code)
-    if r.status_code not in (200, 206):
-        r.close()
-        raise SourceError(f"{url} answered HTTP {r.status_code}", url=url, status=r.status_code,
-                          retryable=r.status_code in (408, 425, 429) or r.status_code >= 500)
-    ctype = r.headers.get("Content-Type", "")
+        raise status_error(url, r.status, body, r.reason)
+    ctype = r.headers.get("Content-Type", "") or ""
     if ctype.startswith("text/html"):
         r.close()
-        raise SourceError(f"{url} sent an HTML page instead of a tar", url=url, status=r.status_code)
+        raise SourceError(f"{url} sent an HTML page instead of a tar", url=url, status=r.status)
     start, total = 0, None
-    if r.status_code == 206:
-        cr = r.headers.get("Content-Range", "")
+    if r.status == 206:
+        cr = r.headers.get("Content-Range", "") or ""
         try:
             rng, tot = cr.split(" ", 1)[1].split("/")
             start = int(rng.split("-")[0])
@@ -139,14 +138,15 @@ def open_source(url: str, *, offset: int = 0, validator: Optional[str] = None, a
         if start != offset:
             r.close()
             raise SourceError(f"{url} resumed at byte {start}, not {offset}", url=url, status=206)
-    elif r.headers.get("Content-Length", "").isdigit():
+    elif str(r.headers.get("Content-Length", "")).isdigit():
         total = int(r.headers["Content-Length"])
-    raw = r.raw
 
     def read(n: int) -> bytes:
+        if SHUTDOWN.is_set():
+            raise KeyboardInterrupt  # Ctrl-C: the staged members and the resume state are kept
         try:
-            return raw.read(n, decode_content=False)
-        except Exception as exc:  # urllib3 protocol errors, timeouts, resets
+            return r.read(n)
+        except Exception as exc:  # protocol errors, timeouts, resets
             raise SourceError(f"the transfer from {url} broke: {exc.__class__.__name__}", url=url, retryable=True) from None
 
     return Opened(read, r.close, start, total, etag=r.headers.get("ETag"), last_modified=r.headers.get("Last-Modified"))
