@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typing_extensions import Annotated
+from typing import Annotated
 
 from metro_assets import console
 from metro_assets.errors import EXIT_USAGE, MetroAssetsError

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import typer
-from typing_extensions import Annotated
+from typing import Annotated
 
 from metro_assets import console
 from metro_assets.cli import app

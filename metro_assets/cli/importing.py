@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import List
 
 import typer
-from typing_extensions import Annotated
+from typing import Annotated
 
 from metro_assets import console
 from metro_assets.cli import app
