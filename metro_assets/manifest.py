@@ -412,16 +412,15 @@ def parse_manifest(text: str, file: str, known_groups: Optional[Mapping[str, Gro
 
 
 def builtin_manifest_dir() -> Path:
-    """The manifests shipped with the package (or, from a source tree, ./manifests)."""
-    try:
-        from importlib.resources import files
-
-        p = Path(str(files("metro_assets.manifests")))
-        if p.is_dir() and any(p.glob("*.yaml")):
-            return p
-    except Exception:
-        pass
-    return Path(__file__).resolve().parent.parent / "manifests"
+    """The manifests shipped with the package: ``metro_assets/manifests`` in an installed
+    wheel, the top-level ``manifests/`` in a source checkout (or an editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "manifests", here.parent / "manifests"):
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    raise ManifestError("the built-in manifests are missing from this installation", file=str(here / "manifests"),
+                        line=None, key_path="", expected="metro_assets/manifests/*.yaml",
+                        next_command="reinstall metro-assets (pip install --force-reinstall metro-assets)")
 
 
 def load_catalog(extra: Sequence[Path] = (), *, builtin: bool = True) -> Catalog:
