@@ -252,9 +252,8 @@ def _label(asset_id: str, members: int, current: str) -> str:
 
 
 def _set_label(progress, key: str, text: str) -> None:
-    item = getattr(progress, "items", {}).get(key) if progress is not None else None
-    if item is not None:
-        item.name = text
+    if progress is not None:
+        progress.set_name(key, text)
 
 
 def _extract(asset, urls: List[str], store, settings, staging: Staging, *, progress, force: bool,
