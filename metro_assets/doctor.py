@@ -709,33 +709,34 @@ class ProbeResult:
 
 
 def probe_url(url: str, *, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
-    """One ``Range: bytes=0-0`` GET; reads the status line and headers only."""
-    import urllib.error
-    import urllib.request
+    """One ``Range: bytes=0-0`` GET through the same HTTP client as fetch (same CA bundle,
+    proxies and redirects); reads the status line, headers and at most a short error body."""
+    from metro_assets.errors import SourceError
+    from metro_assets.http import TransportError, is_azure_public_access_refusal, open_get
 
-    req = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": f"metro-assets/{__version__} doctor"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            code = resp.status
-    except urllib.error.HTTPError as exc:
-        code = exc.code
+        resp = open_get(url, {"Range": "bytes=0-0", "User-Agent": f"metro-assets/{__version__} doctor"},
+                        timeout=(timeout, timeout))
+    except TransportError as exc:
+        return ProbeResult(url, "unreachable", None, "timed out" if exc.connect_timeout or exc.read_timeout else exc.why)
+    except SourceError as exc:  # DNS, TLS certificate, redirect loop
+        return ProbeResult(url, "unreachable", None, exc.what)
+    except Exception as exc:  # http.client oddities (bad status line...)
+        return ProbeResult(url, "unreachable", None, f"{type(exc).__name__}: {exc}")
+    try:
+        code = resp.status
+        if code < 400:
+            return ProbeResult(url, "alive", code, f"HTTP {code}")
         try:
-            body = exc.read(2048)
+            body = resp.read(2048) or b""
         except Exception:
             body = b""
-        finally:
-            exc.close()
-        hint = " PublicAccessNotPermitted" if b"PublicAccessNotPermitted" in body else ""
+        hint = " PublicAccessNotPermitted" if is_azure_public_access_refusal(code, body) else ""
         if code in DEAD_STATUS:
             return ProbeResult(url, "dead", code, f"HTTP {code}{hint}")
         return ProbeResult(url, "error", code, f"HTTP {code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        text = "timed out" if "timed out" in str(reason) else str(reason)
-        return ProbeResult(url, "unreachable", None, text)
-    except Exception as exc:  # http.client oddities (bad status line...)
-        return ProbeResult(url, "unreachable", None, f"{type(exc).__name__}: {exc}")
-    return ProbeResult(url, "alive", code, f"HTTP {code}")
+    finally:
+        resp.close()
 
 
 def probe_all(urls: Sequence[str], *, timeout: float = PROBE_TIMEOUT, workers: int = PROBE_WORKERS) -> Dict[str, ProbeResult]:
