@@ -31,6 +31,28 @@ def update_from_file(h: Any, f: BinaryIO, *, progress: Optional[Callable[[int], 
     return total
 
 
+def copy_with_sha256(inp: BinaryIO, out: BinaryIO, *, first: Optional[Callable[[bytes], None]] = None,
+                     progress: Optional[Callable[[int], None]] = None) -> "tuple[str, int]":
+    """Copy ``inp`` to ``out`` while hashing, then flush and fsync ``out``: (sha256, bytes).
+
+    ``first`` sees the first chunk (even an empty one) before anything is written."""
+    h = hashlib.sha256()
+    size = 0
+    chunk = inp.read(CHUNK)
+    if first is not None:
+        first(chunk)
+    while chunk:
+        h.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+        chunk = inp.read(CHUNK)
+    out.flush()
+    os.fsync(out.fileno())
+    return h.hexdigest(), size
+
+
 def sha256_file(path: Path, *, progress: Optional[Callable[[int], None]] = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:

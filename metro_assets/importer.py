@@ -68,7 +68,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from metro_assets.bodymodels import ASSET_VARIANTS, BodyModelInfo, clean_bytes, inspect_bytes, variant_from_name
 from metro_assets.checks import SNIFF_BYTES, check_file, deep_check, looks_like_markup
 from metro_assets.errors import MetroAssetsError, UsageError
-from metro_assets.hashing import CHUNK, sha256_file
+from metro_assets.hashing import copy_with_sha256, sha256_file
 from metro_assets.manifest import Asset, Catalog
 from metro_assets.settings import STATE_DIR_NAME
 from metro_assets.store import Store, atomic_write_bytes
@@ -434,19 +434,11 @@ def _link_or_copy(store: Store, src: Path, dest: Path, checked: _Checked, *, lin
                     return "hardlink"
                 os.unlink(tmp)
                 raise OSError(f"{src} changed after it was checked")
-        h = hashlib.sha256()
         with open(src, "rb") as inp, open(tmp, "xb") as out:
             os.fchmod(out.fileno(), 0o644)
-            while True:
-                block = inp.read(CHUNK)
-                if not block:
-                    break
-                h.update(block)
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != checked.sha256:
-            raise OSError(f"{src} changed after it was checked (sha256 {h.hexdigest()[:12]}..., "
+            got, _ = copy_with_sha256(inp, out)
+        if got != checked.sha256:
+            raise OSError(f"{src} changed after it was checked (sha256 {got[:12]}..., "
                           f"expected {checked.sha256[:12]}...)")
         store.place(tmp, dest, checked.sha256)
         return "copy"

@@ -7,7 +7,6 @@ the plan can say "known dead since 2025-02") but are never tried.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Callable, List, Optional
 from urllib.parse import quote, unquote, urlparse
 
 from metro_assets.errors import SourceError, VerificationError
+from metro_assets.hashing import copy_with_sha256
 from metro_assets.manifest import Asset, Source
 from metro_assets.settings import Settings
 
@@ -155,31 +155,13 @@ def copy_local(url: str, part: Path, *, expected_size: Optional[int], expected_s
         raise SourceError(f"not found in the local mirror: {src}", url=url, status=404) from None
     except OSError as exc:
         raise SourceError(f"cannot read {src}: {exc.strerror}", url=url) from None
-    h = hashlib.sha256()
-    size = 0
     part.parent.mkdir(parents=True, exist_ok=True)
     try:
         with fin, open(part, "wb") as fout:
-            first = True
-            while True:
-                chunk = fin.read(1 << 20)
-                if first:
-                    if sniff is not None:
-                        sniff(chunk)
-                    first = False
-                if not chunk:
-                    break
-                h.update(chunk)
-                fout.write(chunk)
-                size += len(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-            fout.flush()
-            os.fsync(fout.fileno())
+            sha, size = copy_with_sha256(fin, fout, first=sniff, progress=progress)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    sha = h.hexdigest()
     st = src.stat()
     _check_identity(part, url, size, sha, expected_size, expected_sha256)
     return CopyResult(url=url, size=size, sha256=sha, last_modified=time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(st.st_mtime)),
