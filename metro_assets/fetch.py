@@ -15,13 +15,13 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from metro_assets import checks
 from metro_assets.errors import (EXIT_ACTION_REQUIRED, EXIT_FAILED, EXIT_OK, DiskSpaceError, MetroAssetsError,
-                                 SourceDeadError, SourceError, StructuralError, VerificationError)
+                                 SourceError, VerificationError)
 from metro_assets.manifest import Asset, Catalog
 from metro_assets.settings import Settings
 from metro_assets.sources import Candidate, candidates, copy_local

@@ -32,7 +32,7 @@ import io
 import pickle
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, Tuple, Union
 
 import numpy as np
 

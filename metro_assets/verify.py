@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat as statmod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 

@@ -1,7 +1,6 @@
 """fetch, verify, list: the asset engine's commands."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer

@@ -1,7 +1,6 @@
 """doctor: what is wrong with this METRO tree and environment, and the exact fix for each."""
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 from typing import Annotated

@@ -24,9 +24,9 @@ import random
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from metro_assets.datasets.tsv import LineStarts, canonical_digest, lineidx_path, read_lineidx, scan_tsv
+from metro_assets.datasets.tsv import canonical_digest, lineidx_path, read_lineidx, scan_tsv
 
 YAML_KEYS = {"composite", "img", "hw", "label", "linelist"}
 B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from metro_assets.datasets.tarsafe import DIR, FILE, MemberPolicy, refuse
+from metro_assets.datasets.tarsafe import DIR, MemberPolicy, refuse
 from metro_assets.datasets.tsv import LineStarts, canonical_digest
-from metro_assets.errors import SourceDeadError, SourceError, StructuralError
+from metro_assets.errors import SourceError, StructuralError
 from metro_assets.hashing import update_from_file
 from metro_assets.store import atomic_write_json, fsync_dir, read_json
 
