@@ -26,7 +26,7 @@ from metro_assets.manifest import Asset, Catalog
 from metro_assets.settings import Settings
 from metro_assets.sources import Candidate, candidates, copy_local
 from metro_assets.store import Store
-from metro_assets.verify import AssetStatus, inspect
+from metro_assets.verify import AssetStatus, inspect, verify_assets
 
 ACTIONS = ("present", "download", "resume", "manual", "blocked")
 
@@ -157,7 +157,9 @@ def plan(assets: Sequence[Asset], store: Store, settings: Settings, *, explicit:
 
 
 def _plan(assets: Sequence[Asset], store: Store, settings: Settings, *, explicit: Sequence[str] = ()) -> Plan:
-    stamps = store.load_stamps()
+    # What is on disk: verify's fast path (stamps), hashing un-stamped files on all cores.
+    files = [a for a in assets if a.kind != "dataset"]
+    status = {s.id: s for s in verify_assets(files, store).statuses}
     entries = store.lock_entries()
     items: List[PlanItem] = []
     for asset in assets:
@@ -166,18 +168,7 @@ def _plan(assets: Sequence[Asset], store: Store, settings: Settings, *, explicit
         if asset.kind == "dataset":
             items.append(_plan_dataset(asset, store, settings, cands, ident.size))
             continue
-        st, needs_hash = inspect(asset, store, stamps=stamps, entries=entries)
-        if needs_hash is not None:
-            # Not stamped yet: hash it now (rare: files placed by hand or another tool).
-            from metro_assets.hashing import sha256_file
-
-            sha = sha256_file(needs_hash)
-            if sha == ident.sha256:
-                store.put_stamps({needs_hash: sha})
-                st = AssetStatus(**{**asdict(st), "got_sha256": sha})
-            else:
-                st = AssetStatus(**{**asdict(st), "status": "corrupt", "got_sha256": sha,
-                                    "detail": f"sha256 {sha[:16]}..., expected {ident.sha256[:16]}..."})
+        st = status[asset.id]
         if st.status in ("ok", "unverified"):
             items.append(PlanItem(asset, "present", cands, 0, reason=st.detail, status=st))
             continue
